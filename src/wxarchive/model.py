@@ -155,3 +155,14 @@ def message_from_jsonable(d: dict[str, Any]) -> Message:
         Attachment(**{**a, "state": AttachmentState(a["state"])}) for a in d.get("attachments", [])
     ]
     return Message(**d)
+
+
+def iso_time(ms: int | None, tz: str = "UTC") -> str | None:
+    """Epoch ms → ISO 8601 with the zone's offset at that instant (DST-aware); None stays None."""
+    if ms is None:
+        return None
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    dt = datetime.fromtimestamp(ms / 1000, ZoneInfo(tz))
+    return dt.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")

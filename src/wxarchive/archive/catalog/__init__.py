@@ -1,0 +1,1 @@
+"""The catalog: SQL tables derived from the journal (messages, attachments, records, runs...)."""

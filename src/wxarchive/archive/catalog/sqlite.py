@@ -1,0 +1,322 @@
+"""The embedded catalog: SQLite (WAL) through SQLAlchemy Core.
+
+Every write happens inside ``Catalog.batch(serial)``, which also records the last
+journal serial the catalog reflects (``applied_serial``) in the same transaction:
+after a crash, the ingest re-applies journal entries newer than that, so the
+catalog always converges on the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from wxarchive.archive.catalog import schema as s
+from wxarchive.model import Attachment, AttachmentState, Message
+
+
+def _on_connect(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _dumps(v: Any) -> str:
+    return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+
+
+class Catalog:
+    def __init__(self, engine: Engine, path: Path):
+        self.engine = engine
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Catalog:
+        engine = create_engine(f"sqlite:///{path}")
+        event.listen(engine, "connect", _on_connect)
+        cat = cls(engine, path)
+        from wxarchive.archive.catalog.migrate import upgrade
+
+        upgrade(engine)
+        return cat
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- state ---------------------------------------------------------------------
+
+    def applied_serial(self) -> int:
+        with self.engine.connect() as c:
+            v = c.execute(select(s.meta.c.value).where(s.meta.c.key == "applied_serial")).scalar()
+        return int(v or 0)
+
+    def cursor(self, source: str) -> str | None:
+        with self.engine.connect() as c:
+            return c.execute(select(s.cursors.c.cursor).where(s.cursors.c.source == source)).scalar()
+
+    def known_keys(self, source: str, keys: Iterable[str]) -> dict[str, str]:
+        """{key: state} for the given record keys already in the journal."""
+        keys = list(keys)
+        out: dict[str, str] = {}
+        with self.engine.connect() as c:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                q = select(s.records.c.key, s.records.c.state).where(
+                    s.records.c.source == source, s.records.c.key.in_(chunk)
+                )
+                out.update({k: st for k, st in c.execute(q)})
+        return out
+
+    def pending_records(self, source: str) -> list[tuple[str, int]]:
+        """(key, raw_serial) of raw records journaled but not yet decrypted or quarantined."""
+        with self.engine.connect() as c:
+            q = select(s.records.c.key, s.records.c.raw_serial).where(
+                s.records.c.source == source, s.records.c.state == "pending"
+            ).order_by(s.records.c.raw_serial)
+            return [(k, r) for k, r in c.execute(q)]
+
+    def pending_attachments(self, source: str, limit: int | None = None) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            q = (
+                select(s.attachments, s.messages.c.msgid)
+                .join(s.messages, s.messages.c.id == s.attachments.c.message_id)
+                .where(s.messages.c.source == source, s.attachments.c.state == AttachmentState.PENDING.value)
+                .order_by(s.attachments.c.id)
+            )
+            if limit:
+                q = q.limit(limit)
+            return [dict(r._mapping) for r in c.execute(q)]
+
+    # ---- writing -------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self, serial: int) -> Iterator[Batch]:
+        """One transaction that brings the catalog up to journal entry ``serial``."""
+        with self.engine.begin() as conn:
+            b = Batch(conn)
+            yield b
+            b.flush()
+            conn.execute(
+                sqlite_insert(s.meta)
+                .values(key="applied_serial", value=str(serial))
+                .on_conflict_do_update(index_elements=["key"], set_={"value": str(serial)})
+            )
+
+    def drop_all(self) -> None:
+        with self.engine.begin() as c:
+            c.execute(text("DROP TABLE IF EXISTS messages_fts"))
+        s.metadata.drop_all(self.engine)
+        with self.engine.begin() as c:
+            c.execute(text("DROP TABLE IF EXISTS alembic_version"))
+
+
+class Batch:
+    """Writes of one catalog transaction; messages are buffered and inserted together."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self._messages: list[tuple[Message, int, int | None]] = []
+
+    def record(self, source: str, key: str, kind: str, raw_serial: int, cursor: str | None,
+               state: str, reason: str | None = None) -> None:
+        stmt = sqlite_insert(s.records).values(
+            source=source, key=key, kind=kind, raw_serial=raw_serial, cursor=cursor, state=state, reason=reason
+        )
+        if state == "pending":
+            stmt = stmt.on_conflict_do_nothing()
+        else:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["source", "key"], set_={"state": state, "reason": reason}
+            )
+        self.conn.execute(stmt)
+
+    def records(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.conn.execute(sqlite_insert(s.records).on_conflict_do_nothing(), rows)
+
+    def message(self, msg: Message, serial: int, raw_serial: int | None) -> None:
+        self._messages.append((msg, serial, raw_serial))
+
+    def flush(self) -> None:
+        if not self._messages:
+            return
+        msgs, self._messages = self._messages, []
+        conn = self.conn
+        rows = [
+            {
+                "source": m.source, "msgid": m.msgid, "seq": m.seq, "conversation_id": m.conversation_id,
+                "conversation_kind": m.conversation_kind, "sender": m.sender,
+                "recipients": _dumps(m.recipients), "sent_at": m.sent_at, "kind": m.kind.value,
+                "source_type": m.source_type, "action": m.action, "text": m.text,
+                "content": _dumps(m.content), "reply_to": m.reply_to, "recalls": m.recalls,
+                "recalled_by": None, "flags": _dumps(m.flags), "raw_serial": raw, "serial": ser,
+            }
+            for m, ser, raw in msgs
+        ]
+        conn.execute(sqlite_insert(s.messages).on_conflict_do_nothing(), rows)
+        keys = [(m.source, m.msgid) for m, _, _ in msgs]
+        ids: dict[tuple[str, str], int] = {}
+        by_source: dict[str, list[str]] = {}
+        for src, mid in keys:
+            by_source.setdefault(src, []).append(mid)
+        for src, mids in by_source.items():
+            for i in range(0, len(mids), 500):
+                q = select(s.messages.c.id, s.messages.c.msgid, s.messages.c.serial).where(
+                    s.messages.c.source == src, s.messages.c.msgid.in_(mids[i : i + 500])
+                )
+                for id_, mid, ser in conn.execute(q):
+                    ids[(src, mid)] = (id_, ser)
+        new = [(m, ids[(m.source, m.msgid)][0]) for m, ser, _ in msgs if ids[(m.source, m.msgid)][1] == ser]
+        if not new:
+            return
+        conn.execute(
+            text("INSERT INTO messages_fts(rowid, text) VALUES (:id, :text)"),
+            [{"id": i, "text": m.text} for m, i in new if m.text],
+        )
+        att_rows = [
+            {
+                "message_id": i, "path": a.path, "kind": a.kind, "file_name": a.file_name,
+                "media_type": a.media_type, "declared_size": a.declared_size, "declared_md5": a.declared_md5,
+                "source_ref": a.source_ref, "state": a.state.value, "reason": a.reason, "sha256": a.sha256,
+                "size": a.size,
+            }
+            for m, i in new
+            for a in m.attachments
+        ]
+        if att_rows:
+            conn.execute(sqlite_insert(s.attachments).on_conflict_do_nothing(), att_rows)
+        self._link_recalls([m for m, _ in new])
+        self._conversations([m for m, _ in new])
+        self._participants([m for m, _ in new])
+
+    def _link_recalls(self, msgs: list[Message]) -> None:
+        """A recall marks its original, whichever of the two was archived first (case C2)."""
+        for m in msgs:
+            if m.recalls:
+                self.conn.execute(
+                    update(s.messages)
+                    .where(s.messages.c.source == m.source, s.messages.c.msgid == m.recalls)
+                    .values(recalled_by=m.msgid)
+                )
+        originals = [m for m in msgs if not m.recalls]
+        if originals:
+            q = select(s.messages.c.msgid, s.messages.c.recalls, s.messages.c.source).where(
+                s.messages.c.recalls.in_([m.msgid for m in originals])
+            )
+            for rid, orig, src in self.conn.execute(q).all():
+                self.conn.execute(
+                    update(s.messages)
+                    .where(s.messages.c.source == src, s.messages.c.msgid == orig)
+                    .values(recalled_by=rid)
+                )
+
+    def _conversations(self, msgs: list[Message]) -> None:
+        agg: dict[tuple[str, str], dict[str, Any]] = {}
+        for m in msgs:
+            a = agg.setdefault(
+                (m.source, m.conversation_id),
+                {"source": m.source, "id": m.conversation_id, "kind": m.conversation_kind,
+                 "title": m.content.get("room_name") if isinstance(m.content, dict) else None,
+                 "first_at": None, "last_at": None, "message_count": 0},
+            )
+            a["message_count"] += 1
+            if m.sent_at is not None:
+                a["first_at"] = m.sent_at if a["first_at"] is None else min(a["first_at"], m.sent_at)
+                a["last_at"] = m.sent_at if a["last_at"] is None else max(a["last_at"], m.sent_at)
+        if not agg:
+            return
+        t = s.conversations
+        stmt = sqlite_insert(t)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["source", "id"],
+            set_={
+                "message_count": t.c.message_count + stmt.excluded.message_count,
+                "first_at": func.coalesce(func.min(t.c.first_at, stmt.excluded.first_at), stmt.excluded.first_at),
+                "last_at": func.coalesce(func.max(t.c.last_at, stmt.excluded.last_at), stmt.excluded.last_at),
+                "title": func.coalesce(t.c.title, stmt.excluded.title),
+            },
+        )
+        self.conn.execute(stmt, list(agg.values()))
+
+    def _participants(self, msgs: list[Message]) -> None:
+        from wxarchive.model import participant_kind
+
+        agg: dict[tuple[str, str], dict[str, Any]] = {}
+        for m in msgs:
+            for pid, sent in [(m.sender, True)] + [(r, False) for r in m.recipients]:
+                if not pid:
+                    continue
+                a = agg.setdefault(
+                    (m.source, pid),
+                    {"source": m.source, "id": pid, "kind": participant_kind(pid), "display_name": None,
+                     "first_seen": m.sent_at, "last_seen": m.sent_at, "message_count": 0},
+                )
+                if sent:
+                    a["message_count"] += 1
+                if m.sent_at is not None:
+                    a["first_seen"] = m.sent_at if a["first_seen"] is None else min(a["first_seen"], m.sent_at)
+                    a["last_seen"] = m.sent_at if a["last_seen"] is None else max(a["last_seen"], m.sent_at)
+        if not agg:
+            return
+        t = s.participants
+        stmt = sqlite_insert(t)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["source", "id"],
+            set_={
+                "message_count": t.c.message_count + stmt.excluded.message_count,
+                "first_seen": func.coalesce(func.min(t.c.first_seen, stmt.excluded.first_seen), stmt.excluded.first_seen),
+                "last_seen": func.coalesce(func.max(t.c.last_seen, stmt.excluded.last_seen), stmt.excluded.last_seen),
+            },
+        )
+        self.conn.execute(stmt, list(agg.values()))
+
+    def attachment_result(self, source: str, msgid: str, path: str, state: str, reason: str | None,
+                          sha256: str | None, size: int | None) -> None:
+        self.flush()
+        mid = self.conn.execute(
+            select(s.messages.c.id).where(s.messages.c.source == source, s.messages.c.msgid == msgid)
+        ).scalar()
+        if mid is None:
+            return
+        self.conn.execute(
+            update(s.attachments)
+            .where(s.attachments.c.message_id == mid, s.attachments.c.path == path)
+            .values(state=state, reason=reason, sha256=sha256, size=size)
+        )
+
+    def cursor(self, source: str, cursor: str, serial: int) -> None:
+        self.conn.execute(
+            sqlite_insert(s.cursors)
+            .values(source=source, cursor=cursor, serial=serial, updated_at=int(time.time() * 1000))
+            .on_conflict_do_update(
+                index_elements=["source"], set_={"cursor": cursor, "serial": serial,
+                                                 "updated_at": int(time.time() * 1000)}
+            )
+        )
+
+    def run_start(self, run_id: int, source: str, at: int, start_cursor: str | None) -> None:
+        self.conn.execute(
+            sqlite_insert(s.runs).values(
+                id=run_id, source=source, started_at=at, status="running", start_cursor=start_cursor,
+                pulled=0, archived=0, duplicates=0, quarantined=0, recovered=0,
+            ).on_conflict_do_nothing()
+        )
+
+    def run_end(self, run_id: int, at: int, status: str, error: str | None, counts: dict[str, int],
+                end_cursor: str | None) -> None:
+        self.conn.execute(
+            update(s.runs).where(s.runs.c.id == run_id).values(
+                ended_at=at, status=status, error=error, end_cursor=end_cursor,
+                **{k: counts.get(k, 0) for k in ("pulled", "archived", "duplicates", "quarantined", "recovered")},
+            )
+        )

@@ -1,0 +1,322 @@
+"""The journal: the archive's record of truth.
+
+Append-only segment files. Every entry is numbered (serial, from 1, no gaps),
+time-stamped, encrypted with AES-256-GCM under its segment's data key, and
+SHA-256 hash-chained to the entry before it, across segments. The chain covers
+the ciphertext, so an auditor can check it without any key, and crypto-shredding
+(destroying a segment's data key) leaves the chain intact.
+
+Segment file ``seg-<first serial, 12 digits>.wxj``::
+
+    b"WXJ1" | u32 n | n bytes of JSON header (segment, first_serial, prev_hash, created_at)
+    frame*
+
+    frame  = u32 length of the rest | head | nonce (12) | ciphertext+tag | hash (32)
+    head   = u64 serial | u64 time_ms | u16 len(kind) | kind (ascii)
+    hash   = SHA-256(previous entry's hash | head | nonce | ciphertext+tag)
+    plaintext = u32 len(meta) | meta (JSON: source, key, cursor, received_at, ...) | data
+
+The data key of a segment lives wrapped under the master key in
+``keys/seg-<first serial>.key`` beside the segments.
+
+Durability: ``append`` buffers; ``sync`` flushes and fsyncs. Nothing that depends
+on an entry (a capture cursor, a catalog row) may be committed before ``sync``
+returned. A crash can leave a torn final frame; ``open`` cuts it off (and only
+it: damage anywhere else is refused, for ``wxarchive verify`` to report).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from wxarchive.archive.keys import MasterKeyProvider, new_data_key
+
+MAGIC = b"WXJ1"
+GENESIS_HASH = b"\0" * 32
+SEGMENT_BYTES = 64 * 1024 * 1024
+_HEAD = struct.Struct(">QQH")
+_U32 = struct.Struct(">I")
+
+
+class JournalError(Exception):
+    """The journal cannot be used as it is; the message names the file and offset."""
+
+
+@dataclass
+class Entry:
+    serial: int
+    time: int
+    kind: str
+    meta: dict[str, Any]
+    data: bytes
+    segment: str = ""
+    offset: int = 0
+    hash: bytes = b""
+
+    @property
+    def source(self) -> str | None:
+        return self.meta.get("source")
+
+    @property
+    def key(self) -> str | None:
+        return self.meta.get("key")
+
+
+@dataclass
+class Frame:
+    """A frame as stored, before decryption."""
+
+    serial: int
+    time: int
+    kind: str
+    head: bytes
+    nonce: bytes
+    ciphertext: bytes
+    hash: bytes
+    segment: Path
+    offset: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def chain_hash(prev: bytes, head: bytes, nonce: bytes, ciphertext: bytes) -> bytes:
+    h = hashlib.sha256(prev)
+    h.update(head)
+    h.update(nonce)
+    h.update(ciphertext)
+    return h.digest()
+
+
+def read_segment_header(f) -> dict[str, Any]:
+    magic = f.read(4)
+    if magic != MAGIC:
+        raise JournalError(f"{f.name}: not a journal segment (bad magic)")
+    (n,) = _U32.unpack(f.read(4))
+    return json.loads(f.read(n))
+
+
+def iter_frames(path: Path) -> Iterator[Frame | tuple[str, int]]:
+    """Frames of one segment; yields ("torn", offset) for an incomplete final frame."""
+    with open(path, "rb") as f:
+        read_segment_header(f)
+        while True:
+            offset = f.tell()
+            raw_len = f.read(4)
+            if not raw_len:
+                return
+            if len(raw_len) < 4:
+                yield ("torn", offset)
+                return
+            (n,) = _U32.unpack(raw_len)
+            body = f.read(n)
+            if len(body) < n or n < _HEAD.size + 12 + 16 + 32:
+                yield ("torn", offset)
+                return
+            serial, t, klen = _HEAD.unpack_from(body)
+            hl = _HEAD.size + klen
+            head = body[:hl]
+            kind = body[_HEAD.size : hl].decode("ascii", "replace")
+            yield Frame(
+                serial, t, kind, head, body[hl : hl + 12], body[hl + 12 : -32], body[-32:], path, offset
+            )
+
+
+class Journal:
+    def __init__(self, directory: Path, master: MasterKeyProvider):
+        self.dir = directory
+        self.keys_dir = directory / "keys"
+        self.master = master
+        self.head_serial = 0
+        self.head_hash = GENESIS_HASH
+        self._file = None
+        self._segment: Path | None = None
+        self._aead: AESGCM | None = None
+        self._seg_bytes = 0
+        self._aead_cache: dict[str, AESGCM] = {}
+        self._dirty = False
+
+    # ---- opening -------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: Path, master: MasterKeyProvider) -> Journal:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "keys").mkdir(exist_ok=True)
+        j = cls(directory, master)
+        j._recover()
+        return j
+
+    def segments(self) -> list[Path]:
+        return sorted(self.dir.glob("seg-*.wxj"))
+
+    def _recover(self) -> None:
+        segs = self.segments()
+        if not segs:
+            return
+        last = segs[-1]
+        prev = GENESIS_HASH
+        with open(last, "rb") as f:
+            header = read_segment_header(f)
+        prev = bytes.fromhex(header["prev_hash"])
+        serial = header["first_serial"] - 1
+        good_end = None
+        for fr in iter_frames(last):
+            if isinstance(fr, tuple):
+                good_end = fr[1]
+                break
+            if fr.serial != serial + 1 or chain_hash(prev, fr.head, fr.nonce, fr.ciphertext) != fr.hash:
+                raise JournalError(
+                    f"{last.name}: entry at offset {fr.offset} breaks the chain; run 'wxarchive verify'"
+                )
+            serial, prev = fr.serial, fr.hash
+        if good_end is not None:
+            # A torn final frame from a crash mid-write: nothing after it was ever synced.
+            with open(last, "r+b") as f:
+                f.truncate(good_end)
+                f.flush()
+                os.fsync(f.fileno())
+        self.head_serial, self.head_hash = serial, prev
+
+    # ---- writing -------------------------------------------------------------------
+
+    def _key_path(self, segment: Path) -> Path:
+        return self.keys_dir / (segment.stem + ".key")
+
+    def _segment_aead(self, segment: Path) -> AESGCM:
+        name = segment.stem
+        aead = self._aead_cache.get(name)
+        if aead is None:
+            kp = self._key_path(segment)
+            if not kp.exists():
+                raise JournalError(f"{segment.name}: its data key is gone (shredded or deleted)")
+            aead = AESGCM(self.master.unwrap(kp.read_bytes()))
+            self._aead_cache[name] = aead
+        return aead
+
+    def _start_segment(self) -> None:
+        self._close_file()
+        first = self.head_serial + 1
+        seg = self.dir / f"seg-{first:012d}.wxj"
+        kp = self._key_path(seg)
+        data_key = new_data_key()
+        with open(kp, "wb") as f:
+            f.write(self.master.wrap(data_key))
+            f.flush()
+            os.fsync(f.fileno())
+        header = json.dumps(
+            {"segment": seg.name, "first_serial": first, "prev_hash": self.head_hash.hex(),
+             "created_at": int(time.time() * 1000), "cipher": "AES-256-GCM", "chain": "SHA-256"}
+        ).encode()
+        f = open(seg, "xb")
+        f.write(MAGIC + _U32.pack(len(header)) + header)
+        f.flush()
+        os.fsync(f.fileno())
+        _fsync_dir(self.keys_dir)
+        _fsync_dir(self.dir)
+        self._file, self._segment = f, seg
+        self._aead = AESGCM(data_key)
+        self._aead_cache[seg.stem] = self._aead
+        self._seg_bytes = f.tell()
+
+    def _open_tail(self) -> None:
+        segs = self.segments()
+        if not segs or segs[-1].stat().st_size >= SEGMENT_BYTES:
+            self._start_segment()
+            return
+        self._segment = segs[-1]
+        self._aead = self._segment_aead(self._segment)
+        self._file = open(self._segment, "ab")
+        self._seg_bytes = self._file.tell()
+
+    def append(
+        self, kind: str, meta: dict[str, Any], data: bytes = b"", *, at: int | None = None
+    ) -> int:
+        """Append one entry (buffered: call ``sync`` before relying on it). Returns its serial."""
+        if self._file is None:
+            self._open_tail()
+        elif self._seg_bytes >= SEGMENT_BYTES:
+            self._start_segment()
+        serial = self.head_serial + 1
+        t = at if at is not None else int(time.time() * 1000)
+        kb = kind.encode("ascii")
+        head = _HEAD.pack(serial, t, len(kb)) + kb
+        m = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+        nonce = os.urandom(12)
+        ct = self._aead.encrypt(nonce, _U32.pack(len(m)) + m + data, head)
+        h = chain_hash(self.head_hash, head, nonce, ct)
+        body_len = len(head) + 12 + len(ct) + 32
+        self._file.write(_U32.pack(body_len) + head + nonce + ct + h)
+        self._seg_bytes += 4 + body_len
+        self.head_serial, self.head_hash = serial, h
+        self._dirty = True
+        return serial
+
+    def sync(self) -> None:
+        """Make every appended entry durable (flush + fsync)."""
+        if self._file is not None and self._dirty:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._dirty = False
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self.sync()
+            self._file.close()
+            self._file = None
+
+    def close(self) -> None:
+        self._close_file()
+
+    # ---- reading -------------------------------------------------------------------
+
+    def decrypt_frame(self, fr: Frame) -> Entry:
+        try:
+            pt = self._segment_aead(fr.segment).decrypt(fr.nonce, fr.ciphertext, fr.head)
+        except InvalidTag:
+            raise JournalError(
+                f"{fr.segment.name}: entry {fr.serial} at offset {fr.offset} fails authentication"
+            ) from None
+        (n,) = _U32.unpack_from(pt)
+        meta = json.loads(pt[4 : 4 + n])
+        return Entry(fr.serial, fr.time, fr.kind, meta, pt[4 + n :], fr.segment.name, fr.offset, fr.hash)
+
+    def entries(self, after: int = 0, kinds: set[str] | None = None) -> Iterator[Entry]:
+        """Decrypted entries with serial > ``after``, in order (buffered writes are flushed first)."""
+        if self._file is not None:
+            self._file.flush()
+        segs = self.segments()
+        starts = [int(s.stem.split("-")[1]) for s in segs]
+        for i, seg in enumerate(segs):
+            nxt = starts[i + 1] if i + 1 < len(starts) else None
+            if nxt is not None and nxt <= after + 1:
+                continue
+            for fr in iter_frames(seg):
+                if isinstance(fr, tuple):
+                    return
+                if fr.serial <= after:
+                    continue
+                if kinds is not None and fr.kind not in kinds:
+                    continue
+                yield self.decrypt_frame(fr)
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
