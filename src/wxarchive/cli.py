@@ -1,0 +1,412 @@
+"""The command line: thin typer commands, each calling one library function.
+
+User mistakes (wrong key, wrong path, wrong format) end in one line ``error: ...`` and a
+non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wxarchive import config as cfg
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compliance archive for WeCom and WeChat.")
+simulate_app = typer.Typer(no_args_is_help=True, help="A simulated WeCom tenant for demos and tests.")
+ingest_app = typer.Typer(no_args_is_help=True, help="Capture messages into the archive.")
+app.add_typer(simulate_app, name="simulate")
+app.add_typer(ingest_app, name="ingest")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class State:
+    home: Path = Path(cfg.DEFAULT_HOME)
+
+
+state = State()
+
+
+@app.callback()
+def _main(
+    home: Optional[Path] = typer.Option(
+        None, "--home", envvar="WXARCHIVE_HOME", help="Archive directory [default: ./wxarchive-data]."
+    ),
+) -> None:
+    state.home = cfg.resolve_home(home)
+
+
+def _setup_logging(home: Path) -> None:
+    """Operational log under <home>/logs: counts, codes and ids only (never text or secrets)."""
+    root = logging.getLogger("wxarchive")
+    if root.handlers:
+        return
+    root.setLevel(logging.INFO)
+    try:
+        (home / "logs").mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(home / "logs" / "wxarchive.log", encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        root.addHandler(fh)
+    except OSError:
+        pass
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setLevel(logging.WARNING)
+    sh.setFormatter(logging.Formatter("warning: %(message)s"))
+    root.addHandler(sh)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from wxarchive.archive.archive import ArchiveError
+    from wxarchive.archive.blobs import BlobError
+    from wxarchive.archive.journal import JournalError
+    from wxarchive.archive.keys import KeyError_
+    from wxarchive.capture.wecom.decrypt import KeyLoadError
+    from wxarchive.capture.wecom.sdk import SdkError, SdkLoadError
+    from wxarchive.ingest import CaptureError
+    from wxarchive.search.query import QueryError
+
+    return (cfg.ConfigError, ArchiveError, BlobError, JournalError, KeyError_, KeyLoadError, SdkError,
+            SdkLoadError, CaptureError, QueryError)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _open_archive(create: bool = False):
+    from wxarchive.archive.archive import Archive
+
+    settings = cfg.load_settings(state.home) if state.home.exists() else cfg.Settings()
+    return Archive.open(state.home, create=create, master_key_file=settings.archive.get("master_key_file")), settings
+
+
+# ---- simulate ---------------------------------------------------------------------------
+
+
+@simulate_app.command("wecom")
+def simulate_wecom(
+    directory: Path = typer.Argument(..., help="Where to write the tenant."),
+    messages: int = typer.Option(20000, "--messages", "-n", min=1, help="How many chat records."),
+    seed: int = typer.Option(7, "--seed", help="Same seed, same tenant."),
+) -> None:
+    """Write a simulated WeCom corp: directory, keys, encrypted records, media, answer key."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from wxarchive.simulate.tenant import generate_tenant
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("generating", total=messages)
+        summary = generate_tenant(directory, messages=messages, seed=seed,
+                                  progress=lambda n: bar.update(task, completed=n))
+    out.print(f"simulated tenant written to {directory}")
+    out.print(summary if isinstance(summary, str) else getattr(summary, "__dict__", summary), highlight=False)
+
+
+@simulate_app.command("serve")
+def simulate_serve(
+    directory: Path = typer.Argument(..., help="A tenant written by 'simulate wecom'."),
+    port: int = typer.Option(0, "--port", help="Proxy port on 127.0.0.1 (0 = any free port)."),
+    faults: str = typer.Option("", "--faults", help="Fault plan, see 'wxarchive.simulate.server'."),
+    proxy_auth_file: Optional[Path] = typer.Option(None, "--proxy-auth-file", help="Require user:pass from this file."),
+) -> None:
+    """Serve the tenant over the real wire protocol behind a local TLS CONNECT proxy."""
+    from wxarchive.simulate.server import parse_fault_spec, serve_forever
+
+    if not (directory / "tenant.json").exists():
+        fail(f"{directory}: not a simulated tenant (no tenant.json)")
+    auth = cfg.read_secret_file(proxy_auth_file, "--proxy-auth-file") if proxy_auth_file else None
+    serve_forever(directory, port=port, faults=parse_fault_spec(faults) if faults else None, proxy_auth=auth)
+
+
+# ---- ingest -----------------------------------------------------------------------------
+
+
+def _private_keys(specs: list[str], settings: cfg.Settings) -> dict[int, bytes]:
+    paths: dict[int, str] = {}
+    for ver, p in (settings.wecom.get("private_keys") or {}).items():
+        paths[int(ver)] = str(p)
+    for spec in specs:
+        ver, sep, path = spec.partition("=")
+        if not sep or not ver.strip().isdigit():
+            fail(f"--private-key {spec!r}: expected VERSION=PEM_FILE, e.g. 1=/etc/wxarchive/v1.pem")
+        paths[int(ver)] = path
+    if not paths:
+        fail("no private key given: pass --private-key VERSION=PEM_FILE (once per publickey_ver)")
+    keys = {}
+    for ver, p in paths.items():
+        try:
+            keys[ver] = Path(p).expanduser().read_bytes()
+        except OSError as e:
+            fail(f"private key for version {ver}: cannot read {p} ({e.strerror or e.__class__.__name__})")
+    from wxarchive.capture.wecom.decrypt import KeyRing
+
+    KeyRing.from_pems(keys, names={v: paths[v] for v in keys}) if "names" in KeyRing.from_pems.__code__.co_varnames else KeyRing.from_pems(keys)
+    return keys
+
+
+@ingest_app.command("wecom")
+def ingest_wecom(
+    corp_id: Optional[str] = typer.Option(None, "--corp-id", help="The corp id (ww…)."),
+    secret_file: Optional[Path] = typer.Option(None, "--secret-file", help="File holding the archive secret (or env WXARCHIVE_WECOM_SECRET)."),
+    private_key: list[str] = typer.Option([], "--private-key", help="VERSION=PEM_FILE, repeatable (PKCS#1 or PKCS#8)."),
+    proxy: Optional[str] = typer.Option(None, "--proxy", help="Proxy URL for the SDK, e.g. http://10.0.0.1:3128."),
+    proxy_auth: Optional[str] = typer.Option(None, "--proxy-auth", help="user:pass for the proxy (or env WXARCHIVE_WECOM_PROXY_AUTH)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, max=1000, help="Records per GetChatData call (1-1000)."),
+    timeout: Optional[int] = typer.Option(None, "--timeout", min=1, help="Seconds per HTTP call of the SDK."),
+    follow: bool = typer.Option(False, "--follow", help="Keep polling for new records."),
+    max_records: Optional[int] = typer.Option(None, "--max-records", min=1, help="Stop after this many records."),
+    replay: Optional[Path] = typer.Option(None, "--replay", help="Archive raw chatdata items from a JSON-lines file instead of pulling."),
+    sdk_lib: Optional[Path] = typer.Option(None, "--sdk-lib", help="Your own copy of libWeWorkFinanceSdk_C.so."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decrypt processes [default: CPU count]."),
+    poll_interval: float = typer.Option(15.0, "--poll-interval", min=0.1, help="Seconds between polls with --follow."),
+) -> None:
+    """Pull WeCom conversation archives through the official SDK into the archive."""
+    from wxarchive.ingest import WeComCapture, WeComOptions
+
+    settings = cfg.load_settings(state.home) if state.home.exists() else cfg.Settings()
+    w = settings.wecom
+    corp = corp_id or w.get("corp_id")
+    if not corp:
+        fail("no corp id: pass --corp-id or set [wecom] corp_id in config.toml")
+    secret = os.environ.get("WXARCHIVE_WECOM_SECRET", "")
+    if secret_file or w.get("secret_file"):
+        secret = cfg.read_secret_file(secret_file or w["secret_file"], "archive secret")
+    if not secret and not replay:
+        fail("no archive secret: pass --secret-file FILE or set WXARCHIVE_WECOM_SECRET")
+    auth = proxy_auth or os.environ.get("WXARCHIVE_WECOM_PROXY_AUTH", "")
+    if not auth and w.get("proxy_auth_file"):
+        auth = cfg.read_secret_file(w["proxy_auth_file"], "proxy credentials")
+    if replay is not None and not replay.is_file():
+        fail(f"--replay {replay}: no such file")
+    keys = _private_keys(private_key, settings)
+    lib = str(sdk_lib) if sdk_lib else w.get("sdk_lib")
+    if lib and not Path(lib).is_file():
+        fail(f"--sdk-lib {lib}: no such file")
+    opts = WeComOptions(
+        corp_id=corp, secret=secret, private_keys=keys, proxy=proxy or w.get("proxy", ""), proxy_auth=auth,
+        limit=limit or int(w.get("limit", 1000)), timeout=timeout or int(w.get("timeout", 10)),
+        max_records=max_records, follow=follow, poll_interval=poll_interval, sdk_lib=lib,
+        workers=workers or w.get("workers"),
+    )
+    archive, settings = _open_archive(create=True)
+    _setup_logging(state.home)
+    result = _run_capture(archive, opts, replay)
+    archive.close()
+    c = result.counts
+    out.print(
+        f"run {result.run_id} {result.status}: pulled {c['pulled']}, archived {c['archived']}, "
+        f"duplicates {c['duplicates']}, quarantined {c['quarantined']}"
+        + (f", recovered {c['recovered']}" if c["recovered"] else "")
+        + f"; media {dict(result.media) or 'none'}; cursor {result.cursor}",
+        highlight=False,
+    )
+    if result.status not in ("ok", "stopped"):
+        fail(result.error or result.status, 1)
+
+
+def _run_capture(archive, opts, replay):
+    import signal
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from wxarchive.ingest import WeComCapture
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err, transient=False) as bar:
+        task = bar.add_task("connecting", total=None)
+        media = {"n": 0}
+
+        def progress(event: str, info: dict) -> None:
+            if event == "batch":
+                bar.update(task, description=(
+                    f"pulled {info['pulled'] if 'cursor' not in info else ''}".strip()
+                    and f"archived {info['archived']}  dup {info['duplicates']}  quarantined "
+                    f"{info['quarantined']}  cursor {info.get('cursor', '-')}"))
+            elif event == "media":
+                media["n"] += 1
+                bar.update(task, description=f"media fetched {media['n']}")
+            elif event == "retry":
+                bar.console.print(f"retrying {info['what']} ({info['error']})", highlight=False)
+            elif event == "lag":
+                bar.console.print(f"[yellow]capture lags {info['hours']:.0f} h behind; WeCom keeps records only about 3 days[/]")
+            elif event == "idle":
+                bar.update(task, description=f"up to date at seq {info['cursor']}; polling")
+
+        cap = WeComCapture(archive, opts, progress, replay=replay)
+
+        def stop(signum, frame):
+            cap.stop_requested = True
+
+        old = signal.signal(signal.SIGTERM, stop)
+        try:
+            return cap.run()
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+
+# ---- reading ----------------------------------------------------------------------------
+
+
+@app.command("status")
+def status_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Cursor, counts by kind, quarantine, media states and reconciliation."""
+    from wxarchive.archive.status import status
+
+    archive, settings = _open_archive()
+    st = status(archive.catalog.engine, settings.timezone)
+    archive.close()
+    if as_json:
+        print(json.dumps(st, ensure_ascii=False, indent=2))
+        return
+    _print_status(st)
+
+
+def _print_status(st: dict) -> None:
+    for c in st["cursors"]:
+        out.print(f"source {c['source']}: cursor seq {c['cursor']} (updated {c['updated_at']})", highlight=False)
+    out.print(f"messages {st['messages']}, conversations {st['conversations']}, participants {st['participants']}")
+    t = Table("kind", "messages", title="messages by kind")
+    for k, n in st["messages_by_kind"].items():
+        t.add_row(k, str(n))
+    out.print(t)
+    out.print(f"media: {st['media'] or 'none'}", highlight=False)
+    q = st["quarantined"]
+    out.print(f"quarantined: {len(q)}")
+    for item in q[:50]:
+        out.print(f"  {item['key']} (seq {item['cursor']}): {item['reason']}", highlight=False)
+    r = st["reconciliation"]
+    ok = "[green]reconciled[/]" if r["reconciled"] and r["catalog_matches_records"] else "[red]NOT reconciled[/]"
+    out.print(
+        f"reconciliation: pulled {r['pulled']} + recovered {r['recovered']} = archived {r['archived']} + "
+        f"duplicates {r['duplicates']} + quarantined {r['quarantined']}  {ok}; pending {r['pending_records']}"
+    )
+
+
+def _query(text, sender, kind, conversation, since, until, has_attachment, tz, limit=None):
+    from wxarchive.search.query import Query, parse_when
+
+    return Query(
+        text=text or None, sender=sender, kind=kind, conversation=conversation,
+        since=parse_when(since, tz) if since else None,
+        until=parse_when(until, tz, end=True) if until else None,
+        has_attachment=has_attachment, limit=limit,
+    )
+
+
+@app.command("search")
+def search_cmd(
+    text: Optional[str] = typer.Argument(None, help="Substring to find (Chinese, English, numbers, emoji)."),
+    sender: Optional[str] = typer.Option(None, "--sender", help="Sender id or name."),
+    kind: Optional[str] = typer.Option(None, "--type", help="Message kind (text, image, file, ...) or WeCom msgtype."),
+    conversation: Optional[str] = typer.Option(None, "--conversation", help="Conversation id or group name."),
+    since: Optional[str] = typer.Option(None, "--since", help="From this date/time (inclusive)."),
+    until: Optional[str] = typer.Option(None, "--until", help="Up to this date (inclusive) or time (exclusive)."),
+    has_attachment: bool = typer.Option(False, "--has-attachment", help="Only messages with media or files."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many results."),
+    count_only: bool = typer.Option(False, "--count", help="Print only the number of matches."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """Find messages: substring text search plus filters."""
+    from wxarchive.search.query import count, search
+
+    archive, settings = _open_archive()
+    tz = settings.timezone
+    q = _query(text, sender, kind, conversation, since, until, has_attachment, tz, limit)
+    if count_only:
+        print(count(archive.catalog.engine, q))
+        archive.close()
+        return
+    n = 0
+    for r in search(archive.catalog.engine, q, tz):
+        n += 1
+        if as_json:
+            print(json.dumps(r, ensure_ascii=False))
+        else:
+            _print_message(r)
+    archive.close()
+    if not as_json:
+        err.print(f"{n} message(s)")
+
+
+def _print_message(r: dict) -> None:
+    atts = "".join(
+        f"\n    [{a['kind']}] {a['file_name'] or ''} {a['size'] if a['size'] is not None else '?'} B {a['state']}"
+        + (f": {a['reason']}" if a["reason"] else "")
+        for a in r["attachments"]
+    )
+    recalled = " (recalled)" if r["recalled_by"] else ""
+    out.print(
+        f"{r['sent_at'] or 'time unknown'}  {r['conversation']}  {r['sender'] or '-'}  [{r['kind']}]{recalled}\n"
+        f"    {r['text'][:500]}{atts}",
+        highlight=False, markup=False,
+    )
+
+
+@app.command("show")
+def show_cmd(conversation: str = typer.Argument(..., help="Conversation id (roomid, or 'a|b' for 1:1) or group name.")) -> None:
+    """Print a conversation's transcript in time order."""
+    from wxarchive.search.query import Query, search
+
+    archive, settings = _open_archive()
+    rows = list(search(archive.catalog.engine, Query(conversation=conversation), settings.timezone))
+    archive.close()
+    if not rows:
+        fail(f"no conversation {conversation!r} in the archive (see 'wxarchive search --json' for ids)", 1)
+    for r in rows:
+        _print_message(r)
+
+
+@app.command("reindex")
+def reindex_cmd() -> None:
+    """Drop the catalog and rebuild it from the journal."""
+    from wxarchive.ingest import reindex
+
+    archive, _ = _open_archive()
+    _setup_logging(state.home)
+    n = reindex(archive)
+    archive.close()
+    out.print(f"catalog rebuilt from {n} journal entries")
+
+
+@app.command("demo")
+def demo_cmd(
+    messages: int = typer.Option(20000, "--messages", "-n", min=50, help="Size of the simulated tenant."),
+    tenant: Path = typer.Option(Path("demo-tenant"), "--tenant", help="Where to write the simulated tenant."),
+    seed: int = typer.Option(7, "--seed"),
+) -> None:
+    """The whole job on a simulated tenant: simulate, serve, ingest via the SDK, status, search, check."""
+    from wxarchive.demo import run_demo
+
+    ok = run_demo(state.home, tenant, messages, seed, out, err)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        errors = _user_errors()
+    except ImportError as e:  # a broken install is reported, not hidden
+        raise SystemExit(f"error: wxarchive is not installed completely ({e})")
+    try:
+        app()
+    except errors as e:
+        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,592 @@
+"""Runs a capture source into the archive: the only module that knows both.
+
+The order of durability, for every WeCom batch (nothing is lost, nothing duplicated):
+
+1. ``GetChatData(cursor)`` through the official SDK in its own process;
+2. each new raw ``chatdata`` item is appended to the journal (``wecom.chatdata``) and
+   fsynced *before* anything is decrypted or parsed; items whose msgid the journal
+   already holds are counted as duplicates and not written again;
+3. items are decrypted (RSA by ``publickey_ver`` + ``DecryptData``) and parsed in a
+   process pool; each plaintext is journaled (``wecom.message``), each failure is
+   journaled as ``quarantine`` with its reason (the raw item stays in the journal);
+4. the cursor (largest seq of the batch) is journaled and fsynced, and only then is
+   the catalog updated, in one transaction that also records the journal serial it
+   reflects. A crash anywhere is repaired on the next run by re-applying journal
+   entries newer than the catalog (``catch_up``) and finishing raw items that have
+   no outcome yet (``pending`` records);
+5. media of new messages are fetched chunk by chunk, md5-verified, stored as
+   encrypted blobs, and their outcome journaled (``media``).
+
+``reindex`` rebuilds the catalog from the journal alone with the same ``apply``
+function the live ingest uses, so both always agree.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from wxarchive.archive.archive import Archive
+from wxarchive.archive.journal import Entry
+from wxarchive.capture.wecom import decrypt as wdecrypt
+from wxarchive.capture.wecom.messages import ParseError, parse_message
+from wxarchive.model import AttachmentState, Message
+
+log = logging.getLogger("wxarchive.ingest")
+
+TOKEN_ERRCODES = {40001, 40014, 41001, 42001}
+RETRYABLE_SDK = {10001, 10002, 10003}
+RATE_LIMIT_CALLS = 600
+RATE_LIMIT_WINDOW = 60.0
+LAG_WARN_MS = 24 * 3600 * 1000
+MEDIA_CHUNK_RETRIES = 5
+MEDIA_FILE_RETRIES = 3
+
+
+class CaptureError(Exception):
+    """Capture had to stop; the message is one clear line for the operator."""
+
+
+ProgressFn = Callable[[str, dict[str, Any]], None]
+
+
+def _noop(event: str, info: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass
+class WeComOptions:
+    corp_id: str
+    secret: str
+    private_keys: dict[int, bytes]  # publickey_ver -> PEM bytes
+    proxy: str = ""
+    proxy_auth: str = ""
+    limit: int = 1000
+    timeout: int = 10
+    max_records: int | None = None  # stop after pulling this many records (--limit)
+    follow: bool = False
+    poll_interval: float = 15.0
+    sdk_lib: str | None = None
+    workers: int | None = None
+    native_decrypt: bool = True  # DecryptData through the official library
+    retry_base: float = 0.5
+    max_retries: int = 6
+
+    @property
+    def source(self) -> str:
+        return f"wecom:{self.corp_id}"
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    source: str
+    status: str = "running"
+    error: str | None = None
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"pulled": 0, "recovered": 0, "archived": 0, "duplicates": 0, "quarantined": 0}
+    )
+    media: dict[str, int] = field(default_factory=lambda: collections.Counter())
+    cursor: str | None = None
+    gaps: int = 0
+    lag_warned: bool = False
+
+
+# ---- applying journal entries to the catalog (live ingest, catch-up and reindex) --------
+
+
+def _parse_entry(e: Entry) -> tuple[Message | None, str | None]:
+    try:
+        return parse_message(e.data, source=e.meta["source"], seq=_int(e.meta.get("cursor"))), None
+    except ParseError as err:
+        return None, f"parse: {err}"
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def apply(archive: Archive, entries: list[Entry], parsed: dict[int, tuple[Message | None, str | None]] | None = None) -> None:
+    """Bring the catalog up to the last of ``entries`` (in one transaction)."""
+    if not entries:
+        return
+    parsed = parsed or {}
+    with archive.catalog.batch(entries[-1].serial) as b:
+        for e in entries:
+            m = e.meta
+            if e.kind == "wecom.chatdata":
+                b.record(m["source"], m["key"], e.kind, e.serial, m.get("cursor"), "pending")
+            elif e.kind == "wecom.message":
+                msg, err = parsed.get(e.serial) or _parse_entry(e)
+                if msg is None:
+                    b.record(m["source"], m["key"], "wecom.chatdata", m.get("raw_serial") or e.serial,
+                             m.get("cursor"), "quarantined", err)
+                else:
+                    b.message(msg, e.serial, m.get("raw_serial"))
+                    b.record(m["source"], m["key"], "wecom.chatdata", m.get("raw_serial") or e.serial,
+                             m.get("cursor"), "archived")
+            elif e.kind == "quarantine":
+                b.record(m["source"], m["key"], m.get("record_kind", "wecom.chatdata"),
+                         m.get("raw_serial") or e.serial, m.get("cursor"), "quarantined", m.get("reason"))
+            elif e.kind == "media":
+                b.attachment_result(m["source"], m["key"], m["path"], m["state"], m.get("reason"),
+                                    m.get("sha256"), m.get("size"))
+            elif e.kind == "cursor":
+                b.cursor(m["source"], m["cursor"], e.serial)
+            elif e.kind == "run.start":
+                b.run_start(e.serial, m["source"], e.time, m.get("cursor"))
+            elif e.kind == "run.end":
+                b.run_end(m["run"], e.time, m["status"], m.get("error"), m.get("counts", {}), m.get("cursor"))
+
+
+def catch_up(archive: Archive, batch: int = 2000) -> int:
+    """Apply journal entries the catalog does not reflect yet; returns how many."""
+    after = archive.catalog.applied_serial()
+    n = 0
+    buf: list[Entry] = []
+    for e in archive.journal.entries(after=after):
+        buf.append(e)
+        if len(buf) >= batch:
+            apply(archive, buf)
+            n += len(buf)
+            buf = []
+    apply(archive, buf)
+    return n + len(buf)
+
+
+def reindex(archive: Archive, progress: ProgressFn = _noop) -> int:
+    """Drop the catalog and rebuild it from the journal."""
+    archive.catalog.drop_all()
+    from wxarchive.archive.catalog.migrate import upgrade
+
+    upgrade(archive.catalog.engine)
+    total = 0
+    buf: list[Entry] = []
+    for e in archive.journal.entries():
+        buf.append(e)
+        if len(buf) >= 2000:
+            apply(archive, buf)
+            total += len(buf)
+            progress("reindex", {"entries": total})
+            buf = []
+    apply(archive, buf)
+    total += len(buf)
+    progress("reindex", {"entries": total})
+    return total
+
+
+# ---- worker-pool side ------------------------------------------------------------------
+
+
+def _init_worker(pems: dict[int, bytes], lib_path: str | None, native: bool) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    wdecrypt.init_decrypt_worker(pems, lib_path, native)
+
+
+def _decrypt_and_parse(source: str, items: list[tuple[bytes, int | None]]) -> list[tuple[bytes | None, str | None, Message | None, str | None]]:
+    """(plaintext, decrypt error, message, parse error) for each raw item, in order."""
+    results = wdecrypt.decrypt_items([raw for raw, _ in items])
+    out = []
+    for (_, seq), (_, plaintext, reason) in zip(items, results):
+        if plaintext is None:
+            out.append((None, reason, None, None))
+            continue
+        try:
+            out.append((plaintext, None, parse_message(plaintext, source=source, seq=seq), None))
+        except ParseError as err:
+            out.append((plaintext, None, None, f"parse: {err}"))
+    return out
+
+
+# ---- the WeCom capture loop ------------------------------------------------------------
+
+
+class _RateLimiter:
+    """At most ``calls`` calls in any ``window`` seconds (WeCom: 600 GetChatData per minute)."""
+
+    def __init__(self, calls: int = RATE_LIMIT_CALLS, window: float = RATE_LIMIT_WINDOW):
+        self.calls, self.window = calls, window
+        self.stamps: collections.deque[float] = collections.deque()
+
+    def wait(self) -> None:
+        now = time.monotonic()
+        while self.stamps and now - self.stamps[0] >= self.window:
+            self.stamps.popleft()
+        if len(self.stamps) >= self.calls:
+            time.sleep(self.window - (now - self.stamps[0]))
+        self.stamps.append(time.monotonic())
+
+
+class WeComCapture:
+    def __init__(self, archive: Archive, opts: WeComOptions, progress: ProgressFn = _noop, sdk=None,
+                 replay: Path | None = None):
+        self.archive = archive
+        self.replay = replay
+        self.opts = opts
+        self.progress = progress
+        self._sdk = sdk
+        self.limiter = _RateLimiter()
+        self.stop_requested = False
+
+    # -- the SDK, with retries ---------------------------------------------------------
+
+    @property
+    def sdk(self):
+        if self._sdk is None:
+            from wxarchive.capture.wecom.worker import SdkWorker
+
+            self._sdk = SdkWorker(self.opts.corp_id, self.opts.secret, lib_path=self.opts.sdk_lib)
+        return self._sdk
+
+    def _call(self, what: str, fn, *args):
+        from wxarchive.capture.wecom.sdk import SdkError
+
+        delay = self.opts.retry_base
+        for attempt in range(1, self.opts.max_retries + 1):
+            try:
+                return fn(*args)
+            except SdkError as err:
+                retryable = getattr(err, "retryable", False) or err.code in RETRYABLE_SDK or err.code < 0
+                if not retryable or attempt == self.opts.max_retries:
+                    raise
+                log.warning("%s failed (%s); retry %d/%d in %.1fs", what, err, attempt,
+                            self.opts.max_retries - 1, delay)
+                self.progress("retry", {"what": what, "error": str(err), "attempt": attempt})
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        raise AssertionError("unreachable")
+
+    def _pull(self, cursor: int) -> list[dict[str, Any]]:
+        """One GetChatData call, with token-error recovery; raises CaptureError on server errors."""
+        from wxarchive.capture.wecom.sdk import SdkError
+
+        for token_attempt in range(3):
+            self.limiter.wait()
+            try:
+                body = self._call("GetChatData", self.sdk.get_chat_data, cursor, self.opts.limit,
+                                  self.opts.proxy, self.opts.proxy_auth, self.opts.timeout)
+            except SdkError as err:
+                raise CaptureError(f"GetChatData from seq {cursor} failed: {err}") from None
+            try:
+                resp = json.loads(body)
+                if not isinstance(resp, dict):
+                    raise ValueError("not an object")
+            except (ValueError, UnicodeDecodeError):
+                raise CaptureError(
+                    f"GetChatData from seq {cursor}: the server's answer is not JSON ({len(body)} bytes)"
+                ) from None
+            code = resp.get("errcode", 0)
+            if code == 0:
+                items = resp.get("chatdata") or []
+                if not isinstance(items, list):
+                    raise CaptureError(f"GetChatData from seq {cursor}: 'chatdata' is not a list")
+                return items
+            msg = str(resp.get("errmsg", ""))[:200]
+            if code in TOKEN_ERRCODES and token_attempt < 2:
+                log.warning("WeCom token rejected (errcode %s); recreating the SDK handle", code)
+                self.progress("token", {"errcode": code})
+                self.sdk.recreate()
+                continue
+            hint = ""
+            if code == 301042:
+                hint = " — add this server's egress IP to the archive's trusted IP list (可信IP)"
+            raise CaptureError(f"WeCom refused GetChatData from seq {cursor}: errcode {code} {msg}{hint}")
+        raise AssertionError("unreachable")
+
+    # -- durability steps --------------------------------------------------------------
+
+    def _journal_raw(self, items: list[dict[str, Any]], result: RunResult) -> list[tuple[Entry, dict[str, Any]]]:
+        """Append the new raw items; returns (entry, item) for each one written."""
+        source = self.opts.source
+        keyed = []
+        for item in items:
+            msgid = item.get("msgid") if isinstance(item, dict) else None
+            seq = item.get("seq") if isinstance(item, dict) else None
+            key = msgid if isinstance(msgid, str) and msgid else f"seq:{seq}"
+            keyed.append((key, item))
+        known = self.archive.catalog.known_keys(source, {k for k, _ in keyed})
+        written: list[tuple[Entry, dict[str, Any]]] = []
+        seen: set[str] = set()
+        now = int(time.time() * 1000)
+        for key, item in keyed:
+            if key in known or key in seen:
+                result.counts["duplicates"] += 1
+                continue
+            seen.add(key)
+            data = json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+            meta = {"source": source, "key": key, "cursor": str(item.get("seq")) if isinstance(item, dict) else None,
+                    "received_at": now}
+            serial = self.archive.journal.append("wecom.chatdata", meta, data)
+            written.append((Entry(serial, now, "wecom.chatdata", meta, data), item))
+        self.archive.journal.sync()
+        return written
+
+    def _decrypt(self, pool, raws: list[tuple[Entry, Any]], result: RunResult) -> list[Entry]:
+        """Decrypt and parse in the pool; journal each outcome. Returns entries to apply."""
+        source = self.opts.source
+        work = [(e.data, _int(e.meta.get("cursor"))) for e, _ in raws]
+        n = max(1, len(work) // (2 * (self.opts.workers or os.cpu_count() or 1)) + 1)
+        chunks = [work[i : i + n] for i in range(0, len(work), n)]
+        futures = [pool.submit(_decrypt_and_parse, source, c) for c in chunks]
+        outcomes = [o for f in futures for o in f.result()]
+        entries: list[Entry] = []
+        self._parsed: dict[int, tuple[Message | None, str | None]] = {}
+        for (raw, _), (plaintext, derr, msg, perr) in zip(raws, outcomes):
+            base = {"source": source, "key": raw.meta["key"], "cursor": raw.meta.get("cursor"),
+                    "raw_serial": raw.serial}
+            if plaintext is None:
+                meta = {**base, "reason": derr or "undecryptable"}
+                serial = self.archive.journal.append("quarantine", meta)
+                entries.append(Entry(serial, 0, "quarantine", meta, b""))
+                result.counts["quarantined"] += 1
+                log.warning("quarantined %s (seq %s): %s", raw.meta["key"], raw.meta.get("cursor"), meta["reason"])
+                continue
+            serial = self.archive.journal.append("wecom.message", base, plaintext)
+            entries.append(Entry(serial, 0, "wecom.message", base, plaintext))
+            self._parsed[serial] = (msg, perr)
+            if msg is None:
+                result.counts["quarantined"] += 1
+                log.warning("quarantined %s (seq %s): %s", raw.meta["key"], raw.meta.get("cursor"), perr)
+            else:
+                result.counts["archived"] += 1
+        return entries
+
+    def _finish_pending(self, pool, result: RunResult) -> None:
+        """Raw items journaled by a run that died before their outcome was journaled."""
+        pending = self.archive.catalog.pending_records(self.opts.source)
+        if not pending:
+            return
+        wanted = {serial for _, serial in pending}
+        raws = [(e, None) for e in self.archive.journal.entries(after=min(wanted) - 1, kinds={"wecom.chatdata"})
+                if e.serial in wanted]
+        log.info("finishing %d raw records left pending by an interrupted run", len(raws))
+        result.counts["recovered"] += len(raws)
+        entries = self._decrypt(pool, raws, result)
+        self.archive.journal.sync()
+        apply(self.archive, entries, self._parsed)
+
+    # -- media ---------------------------------------------------------------------------
+
+    def _fetch_one(self, sdkfileid: str) -> bytes:
+        chunks: list[bytes] = []
+        index = ""
+        while True:
+            chunk = self._call("GetMediaData", self.sdk.get_media_chunk, index, sdkfileid,
+                               self.opts.proxy, self.opts.proxy_auth, self.opts.timeout)
+            chunks.append(chunk.data)
+            if chunk.is_finish:
+                return b"".join(chunks)
+            if not chunk.outindexbuf or chunk.outindexbuf == index:
+                raise _MediaFailure("the SDK returned no next range before the end of the file")
+            index = chunk.outindexbuf
+
+    def _fetch_attachment(self, att: dict[str, Any]) -> dict[str, Any]:
+        from wxarchive.capture.wecom.sdk import SdkError
+
+        if not att.get("source_ref"):
+            return {"state": AttachmentState.MISSING.value, "reason": "the message carries no sdkfileid"}
+        last = ""
+        for attempt in range(1, MEDIA_FILE_RETRIES + 1):
+            try:
+                data = self._fetch_one(att["source_ref"])
+            except SdkError as err:
+                if err.code == 10010:
+                    return {"state": AttachmentState.EXPIRED.value, "reason": "expired on the WeCom side (10010)"}
+                if err.code == 10009:
+                    return {"state": AttachmentState.FAILED.value,
+                            "reason": "10009: this server's IP is not in the archive's trusted IP list"}
+                return {"state": AttachmentState.FAILED.value, "reason": f"GetMediaData: {err}"}
+            except _MediaFailure as err:
+                last = str(err)
+                continue
+            declared = (att.get("declared_md5") or "").lower()
+            if declared and hashlib.md5(data).hexdigest() != declared:
+                last = f"md5 mismatch after {attempt} attempt(s)"
+                log.warning("media %s/%s: md5 mismatch, retrying", att["msgid"], att["path"] or "-")
+                continue
+            sha = self.archive.blobs.put(data)
+            return {"state": AttachmentState.PRESENT.value, "sha256": sha, "size": len(data)}
+        return {"state": AttachmentState.FAILED.value, "reason": last}
+
+    def fetch_media(self, result: RunResult) -> None:
+        source = self.opts.source
+        while not self.stop_requested:
+            pending = self.archive.catalog.pending_attachments(source, limit=200)
+            if not pending:
+                return
+            entries = []
+            for att in pending:
+                outcome = self._fetch_attachment(att)
+                meta = {"source": source, "key": att["msgid"], "path": att["path"], **outcome}
+                serial = self.archive.journal.append("media", meta)
+                entries.append(Entry(serial, 0, "media", meta, b""))
+                result.media[outcome["state"]] += 1
+                self.progress("media", {"state": outcome["state"]})
+                if self.stop_requested:
+                    break
+            self.archive.journal.sync()
+            apply(self.archive, entries)
+
+    # -- the run -------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        archive, source = self.archive, self.opts.source
+        catch_up(archive)
+        cursor = int(archive.catalog.cursor(source) or 0)
+        meta = {"source": source, "cursor": str(cursor), "pid": os.getpid(), "follow": self.opts.follow}
+        run_id = archive.journal.append("run.start", meta)
+        archive.journal.sync()
+        apply(archive, [Entry(run_id, int(time.time() * 1000), "run.start", meta, b"")])
+        result = RunResult(run_id, source, cursor=str(cursor))
+        ctx = get_context("spawn")
+        try:
+            with ProcessPoolExecutor(
+                max_workers=self.opts.workers or os.cpu_count() or 1, mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(self.opts.private_keys, self.opts.sdk_lib, self.opts.native_decrypt),
+            ) as pool:
+                self._finish_pending(pool, result)
+                if self.opts.secret:
+                    self.fetch_media(result)
+                self._loop(pool, cursor, result)
+            result.status = "stopped" if self.stop_requested else "ok"
+        except CaptureError as err:
+            result.status, result.error = "failed", str(err)
+        except KeyboardInterrupt:
+            result.status, result.error = "interrupted", "interrupted by the operator"
+        finally:
+            self._end_run(result)
+        return result
+
+    def _loop(self, pool, cursor: int, result: RunResult) -> None:
+        if self.replay is not None:
+            self._loop_replay(pool, result)
+            return
+        while not self.stop_requested:
+            items = self._pull(cursor)
+            if not items:
+                if self.opts.follow:
+                    self.progress("idle", {"cursor": cursor})
+                    self._sleep(self.opts.poll_interval)
+                    continue
+                return
+            if self.opts.max_records is not None:
+                room = self.opts.max_records - result.counts["pulled"]
+                items = items[: max(room, 0)]
+            result.counts["pulled"] += len(items)
+            seqs = [s for s in (_int(i.get("seq")) if isinstance(i, dict) else None for i in items) if s is not None]
+            if not seqs:
+                raise CaptureError(f"GetChatData from seq {cursor}: records carry no usable seq")
+            result.gaps += _count_gaps(cursor, sorted(seqs))
+            raws = self._journal_raw(items, result)
+            entries = [e for e, _ in raws]
+            entries += self._decrypt(pool, raws, result)
+            new_cursor = max(max(seqs), cursor)
+            cmeta = {"source": self.opts.source, "cursor": str(new_cursor)}
+            cserial = self.archive.journal.append("cursor", cmeta)
+            entries.append(Entry(cserial, 0, "cursor", cmeta, b""))
+            self.archive.journal.sync()
+            apply(self.archive, entries, self._parsed)
+            cursor = new_cursor
+            result.cursor = str(cursor)
+            self.progress("batch", {"pulled": len(items), "cursor": cursor, **result.counts})
+            self._check_lag(raws, result)
+            self.fetch_media(result)
+            if self.opts.max_records is not None and result.counts["pulled"] >= self.opts.max_records:
+                return
+
+    def _loop_replay(self, pool, result: RunResult) -> None:
+        """Raw items saved elsewhere: archived and deduplicated, but the live cursor is untouched."""
+        for items in replay_items(self.replay):
+            if self.stop_requested:
+                return
+            result.counts["pulled"] += len(items)
+            raws = self._journal_raw(items, result)
+            entries = [e for e, _ in raws] + self._decrypt(pool, raws, result)
+            self.archive.journal.sync()
+            apply(self.archive, entries, self._parsed)
+            self.progress("batch", {"pulled": len(items), **result.counts})
+            if self.opts.secret:
+                self.fetch_media(result)
+
+    def _check_lag(self, raws: list[tuple[Entry, Any]], result: RunResult) -> None:
+        if not self.opts.follow or result.lag_warned:
+            return
+        newest = None
+        for msg, _ in self._parsed.values():
+            if msg is not None and msg.sent_at is not None:
+                newest = msg.sent_at if newest is None else max(newest, msg.sent_at)
+        if newest is not None and time.time() * 1000 - newest > LAG_WARN_MS:
+            hours = (time.time() * 1000 - newest) / 3600000
+            log.warning("capture lags %.0f hours behind; WeCom keeps records only about 3 days", hours)
+            self.progress("lag", {"hours": hours})
+            result.lag_warned = True
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stop_requested and time.monotonic() < end:
+            time.sleep(min(0.5, end - time.monotonic()))
+
+    def _end_run(self, result: RunResult) -> None:
+        meta = {"source": result.source, "run": result.run_id, "status": result.status,
+                "error": result.error, "counts": dict(result.counts), "media": dict(result.media),
+                "cursor": result.cursor, "gaps": result.gaps}
+        serial = self.archive.journal.append("run.end", meta)
+        self.archive.journal.sync()
+        apply(self.archive, [Entry(serial, int(time.time() * 1000), "run.end", meta, b"")])
+        if self._sdk is not None:
+            self._sdk.close()
+        log.info("run %s ended %s: %s", result.run_id, result.status, dict(result.counts))
+
+
+class _MediaFailure(Exception):
+    pass
+
+
+def _count_gaps(cursor: int, seqs: list[int]) -> int:
+    """Seq gaps are recorded, not treated as loss (case K5)."""
+    gaps, prev = 0, cursor
+    for s in seqs:
+        if prev and s > prev + 1:
+            gaps += 1
+        prev = max(prev, s)
+    return gaps
+
+
+def replay_items(path: Path) -> Iterable[list[dict[str, Any]]]:
+    """Raw chatdata items saved elsewhere (JSON lines: one item, or one GetChatData answer, per line)."""
+    batch: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise CaptureError(f"{path}:{lineno}: not a JSON line") from None
+            if isinstance(obj, dict) and isinstance(obj.get("chatdata"), list):
+                batch.extend(obj["chatdata"])
+            elif isinstance(obj, dict):
+                batch.append(obj)
+            else:
+                raise CaptureError(f"{path}:{lineno}: expected a chatdata item or a GetChatData answer")
+            if len(batch) >= 1000:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
