@@ -544,6 +544,7 @@ class WeComService:
         self._lock = threading.Lock()
         self._corrupted: set[str] = set()
         self._first_corrupt_taken = False
+        self.closed = False
 
     # ---- bookkeeping
 
@@ -575,6 +576,8 @@ class WeComService:
             ("POST", "/cgi-bin/message/getchatdata"): ("chat", self._getchatdata),
             ("POST", "/cgi-bin/message/getchatmediadata"): ("media", self._getmediadata),
         }.get((req.method, req.path))
+        if self.closed:
+            return Reply(drop=True)
         if route is None:
             return Reply(status=404, parts=(b"not found",), length=9)
         endpoint, func = route
@@ -592,6 +595,8 @@ class WeComService:
         if delay:
             self._bump("faults", f"{endpoint}slow")
             time.sleep(delay)
+            if self.closed:  # the simulator shut down while this call was held back
+                return Reply(drop=True)
         if n in ep.drop:
             self._bump("faults", f"{endpoint}drop")
             return Reply(drop=True)
@@ -612,7 +617,7 @@ class WeComService:
         if corpid != self.corp_id and unquote(corpid) != self.corp_id:
             self._bump("rejected", "corpid")
             return error_reply(40013, "invalid corpid")
-        if not (secrets.compare_digest(secret, self._secret) or secrets.compare_digest(unquote(secret), self._secret)):
+        if not (_same(secret, self._secret) or _same(unquote(secret), self._secret)):
             self._bump("rejected", "secret")
             return error_reply(40001, "invalid credential")
         token = self.tokens.issue()
@@ -681,7 +686,7 @@ class WeComService:
             self._bump("rejected", "body")
             return error_reply(47001, "data format error")
         item = self.media.get(str(body.get("fileid", "")))
-        if item is None or not secrets.compare_digest(str(body.get("authkey", "")), item.authkey):
+        if item is None or not _same(str(body.get("authkey", "")), item.authkey):
             self._bump("rejected", "media")
             return error_reply(40007, "invalid media_id")
         if item.expired or item.fileid in self.faults.media_expired:
@@ -729,7 +734,16 @@ class WeComService:
             return targeted
 
     def close(self) -> None:
+        """Refuse further requests, then release chatdata.jsonl."""
+        self.closed = True
         self.chatlog.close()
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time string equality that also copes with non-ASCII input."""
+    return secrets.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 def _is_int(value: object) -> bool:
@@ -788,8 +802,13 @@ class _WeComHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json; charset=UTF-8")
         self.send_header("Content-Length", str(reply.length))
         self.end_headers()
-        for part in reply.parts:
-            self.wfile.write(part)
+        try:
+            for part in reply.parts:
+                self.wfile.write(part)
+        except ValueError:  # chatdata.jsonl was unmapped: the simulator is closing
+            if not self.server.closed:
+                raise
+            self.close_connection = True
 
 
 # --------------------------------------------------------------------------- public API
