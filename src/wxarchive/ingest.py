@@ -80,6 +80,7 @@ class WeComOptions:
     sdk_lib: str | None = None
     workers: int | None = None
     native_decrypt: bool = True  # DecryptData through the official library
+    fetch_media: bool = True  # False: attachments stay pending for a later run
     retry_base: float = 0.5
     max_retries: int = 6
 
@@ -446,11 +447,16 @@ class WeComCapture:
     def run(self) -> RunResult:
         archive, source = self.archive, self.opts.source
         catch_up(archive)
+        ended = []
+        for dead in archive.catalog.unfinished_runs(source):
+            meta = {"source": source, "run": dead, "status": "interrupted",
+                    "error": "the process ended without closing this run", "counts": {}}
+            ended.append(Entry(archive.journal.append("run.end", meta), int(time.time() * 1000), "run.end", meta, b""))
         cursor = int(archive.catalog.cursor(source) or 0)
         meta = {"source": source, "cursor": str(cursor), "pid": os.getpid(), "follow": self.opts.follow}
         run_id = archive.journal.append("run.start", meta)
         archive.journal.sync()
-        apply(archive, [Entry(run_id, int(time.time() * 1000), "run.start", meta, b"")])
+        apply(archive, ended + [Entry(run_id, int(time.time() * 1000), "run.start", meta, b"")])
         result = RunResult(run_id, source, cursor=str(cursor))
         ctx = get_context("spawn")
         try:
@@ -460,7 +466,7 @@ class WeComCapture:
                 initargs=(self.opts.private_keys, self.opts.sdk_lib, self.opts.native_decrypt),
             ) as pool:
                 self._finish_pending(pool, result)
-                if self.opts.secret:
+                if self.opts.secret and self.opts.fetch_media:
                     self.fetch_media(result)
                 self._loop(pool, cursor, result)
             result.status = "stopped" if self.stop_requested else "ok"
@@ -505,7 +511,8 @@ class WeComCapture:
             result.cursor = str(cursor)
             self.progress("batch", {"pulled": len(items), "cursor": cursor, **result.counts})
             self._check_lag(raws, result)
-            self.fetch_media(result)
+            if self.opts.fetch_media:
+                self.fetch_media(result)
             if self.opts.max_records is not None and result.counts["pulled"] >= self.opts.max_records:
                 return
 
@@ -520,7 +527,7 @@ class WeComCapture:
             self.archive.journal.sync()
             apply(self.archive, entries, self._parsed)
             self.progress("batch", {"pulled": len(items), **result.counts})
-            if self.opts.secret:
+            if self.opts.secret and self.opts.fetch_media:
                 self.fetch_media(result)
 
     def _check_lag(self, raws: list[tuple[Entry, Any]], result: RunResult) -> None:

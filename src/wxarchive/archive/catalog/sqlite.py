@@ -85,6 +85,12 @@ class Catalog:
             ).order_by(s.records.c.raw_serial)
             return [(k, r) for k, r in c.execute(q)]
 
+    def unfinished_runs(self, source: str) -> list[int]:
+        """Runs that started but never journaled their end (the process died)."""
+        with self.engine.connect() as c:
+            q = select(s.runs.c.id).where(s.runs.c.source == source, s.runs.c.status == "running")
+            return [r for (r,) in c.execute(q)]
+
     def pending_attachments(self, source: str, limit: int | None = None) -> list[dict[str, Any]]:
         with self.engine.connect() as c:
             q = (
