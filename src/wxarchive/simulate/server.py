@@ -299,9 +299,14 @@ class ChatLog:
         self.seqs = array("Q")
         self._starts = array("Q")
         self._ends = array("Q")
-        self._index()
+        try:
+            self._index()
+        except BaseException:
+            self.close()
+            raise
 
     def _index(self) -> None:
+        """Record (seq, start, end) of every non-blank line; ends exclude the newline."""
         rows: list[tuple[int, int, int]] = []
         pos = 0
         self._file.seek(0)
