@@ -268,3 +268,268 @@ def native_abort_reason(encrypt_key: bytes, encrypt_msg: str) -> str | None:
     except SdkError:
         return None
     return None
+
+
+# --------------------------------------------------------------------------------------
+# RSA key ring (§2.1)
+# --------------------------------------------------------------------------------------
+
+
+class KeyLoadError(ValueError):
+    """A private key file cannot be used; the message names the file, never the key."""
+
+
+class MissingKeyVersion(KeyError):
+    """No private key is configured for a record's ``publickey_ver`` (K1, P4)."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        super().__init__(version)
+
+    def __str__(self) -> str:
+        return f"no private key for publickey_ver {self.version}"
+
+
+def _load_private_key(data: bytes, name: str, password: bytes | None) -> RSAPrivateKey:
+    """PKCS#1 (BEGIN RSA PRIVATE KEY) or PKCS#8 (BEGIN [ENCRYPTED] PRIVATE KEY) PEM (P13)."""
+    if b"-----BEGIN" not in data:
+        raise KeyLoadError(f"{name}: not a PEM file (no -----BEGIN line)")
+    try:
+        key = serialization.load_pem_private_key(data, password=password)
+    except TypeError:
+        if password is None:
+            raise KeyLoadError(f"{name}: the key is encrypted and no password was given") from None
+        raise KeyLoadError(f"{name}: a password was given but the key is not encrypted") from None
+    except UnsupportedAlgorithm:
+        raise KeyLoadError(f"{name}: unsupported key type or encryption") from None
+    except ValueError:
+        raise KeyLoadError(
+            f"{name}: not a readable PEM private key (damaged data or wrong password)"
+        ) from None
+    if not isinstance(key, RSAPrivateKey):
+        raise KeyLoadError(f"{name}: not an RSA key ({type(key).__name__.lstrip('_')})")
+    return key
+
+
+class KeyRing:
+    """The enterprise's RSA private keys by ``publickey_ver``.
+
+    Records keep the key version they were encrypted with after a new key is
+    uploaded, so every version stays here. The key is chosen strictly by version:
+    with OpenSSL >= 3.2 a wrong key does not fail RSA decryption (implicit rejection
+    returns junk), it only shows up later as DecryptData 10008.
+    """
+
+    def __init__(self, keys: Mapping[int, RSAPrivateKey]) -> None:
+        self._keys = {int(ver): key for ver, key in keys.items()}
+
+    @classmethod
+    def from_pems(cls, pems: Mapping[int, bytes], password: bytes | None = None) -> KeyRing:
+        return cls(
+            {
+                int(ver): _load_private_key(pem, f"private key for publickey_ver {ver}", password)
+                for ver, pem in pems.items()
+            }
+        )
+
+    @classmethod
+    def from_pem_files(
+        cls, paths: Mapping[int, str | os.PathLike[str]], password: bytes | None = None
+    ) -> KeyRing:
+        keys = {}
+        for ver, path in paths.items():
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise KeyLoadError(f"{path}: cannot read ({exc.strerror})") from None
+            keys[int(ver)] = _load_private_key(data, str(path), password)
+        return cls(keys)
+
+    @property
+    def versions(self) -> list[int]:
+        return sorted(self._keys)
+
+    def __contains__(self, version: object) -> bool:
+        return version in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"<KeyRing versions={self.versions}>"
+
+    def key(self, version: int) -> RSAPrivateKey:
+        try:
+            return self._keys[version]
+        except KeyError:
+            raise MissingKeyVersion(version) from None
+
+    def unwrap(self, version: int, encrypt_random_key_b64: str) -> bytes:
+        """RSA-2048 PKCS#1 v1.5 decrypt of ``encrypt_random_key``: DecryptData's key.
+
+        Raises :class:`MissingKeyVersion`, or ValueError for undecodable input. With a
+        wrong key RSA usually returns junk (implicit rejection) and only sometimes
+        fails (e.g. ciphertext above that key's modulus): a successful return does
+        NOT prove the key was right.
+        """
+        key = self.key(version)
+        try:
+            wrapped = base64.b64decode(encrypt_random_key_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("encrypt_random_key is not valid base64") from None
+        size = (key.key_size + 7) // 8
+        if len(wrapped) != size:
+            raise ValueError(
+                f"encrypt_random_key has {len(wrapped)} bytes, "
+                f"the publickey_ver {version} key needs {size}"
+            )
+        try:
+            return key.decrypt(wrapped, asympadding.PKCS1v15())
+        except ValueError:
+            raise ValueError(f"RSA decryption failed with the publickey_ver {version} key") from None
+
+    def to_pems(self) -> dict[int, bytes]:
+        """Unencrypted PKCS#8 PEMs, to hand the ring to decrypt worker processes."""
+        return {
+            ver: key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            for ver, key in self._keys.items()
+        }
+
+
+# --------------------------------------------------------------------------------------
+# One chatdata record
+# --------------------------------------------------------------------------------------
+
+
+class RecordError(Exception):
+    """A chatdata record that cannot be decrypted; ``reason`` is safe to store and show."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        self.reason = reason
+        self.code = code
+        super().__init__(reason, code)
+
+    def __str__(self) -> str:
+        return self.reason
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.reason, self.code))
+
+
+_FIELDS: tuple[tuple[str, type], ...] = (
+    ("msgid", str),
+    ("publickey_ver", int),
+    ("encrypt_random_key", str),
+    ("encrypt_chat_msg", str),
+)
+
+
+def _validate_item(item: object) -> tuple[int, str, str]:
+    """Field presence and types, and the P14 length guard, before any crypto."""
+    if not isinstance(item, dict):
+        raise RecordError(f"chatdata item is a {type(item).__name__}, not a JSON object")
+    for name, kind in _FIELDS:
+        if name not in item:
+            raise RecordError(f"missing field {name}")
+        value = item[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise RecordError(f"field {name} is {type(value).__name__}, expected {kind.__name__}")
+    msg = item["encrypt_chat_msg"]
+    if len(msg) < MIN_ENCRYPT_MSG_LEN:
+        raise RecordError(f"encrypt_chat_msg too short ({len(msg)} chars)")
+    if not msg.isascii():
+        raise RecordError("encrypt_chat_msg is not ASCII")
+    return item["publickey_ver"], item["encrypt_random_key"], msg
+
+
+def _sdk_reason(exc: SdkError) -> str:
+    reason = f"DecryptData {exc.code}: {ERROR_MEANINGS.get(exc.code, 'unknown error code')}"
+    return f"{reason} ({exc.detail})" if exc.detail else reason
+
+
+def decrypt_record(item: dict, keyring: KeyRing, decrypt_impl: DecryptImpl) -> bytes:
+    """Decrypt one ``chatdata`` item to its message JSON bytes.
+
+    ``decrypt_impl`` is :func:`decrypt_data_py` or :func:`native_decrypt_impl`'s
+    result. Every failure is a :class:`RecordError` whose reason names the field,
+    the key version or the SDK code: never message text or key material.
+    """
+    version, wrapped_key, msg = _validate_item(item)
+    try:
+        key = keyring.unwrap(version, wrapped_key)
+    except MissingKeyVersion as exc:
+        raise RecordError(str(exc)) from None
+    except ValueError as exc:
+        raise RecordError(str(exc)) from None
+    try:
+        return decrypt_impl(key, msg)
+    except SdkError as exc:
+        raise RecordError(_sdk_reason(exc), exc.code) from None
+
+
+def native_decrypt_impl(lib_path: str | os.PathLike[str] | None = None) -> DecryptImpl:
+    """DecryptData from the official library (loaded and pinned-checked now)."""
+    lib: SdkLibrary = load_library(lib_path)
+
+    def impl(encrypt_key: bytes, encrypt_msg: str) -> bytes:
+        return decrypt_data(lib, encrypt_key, encrypt_msg)
+
+    return impl
+
+
+# --------------------------------------------------------------------------------------
+# Process-pool entry points (picklable module-level functions)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _PoolState:
+    keyring: KeyRing
+    impl: DecryptImpl
+
+
+_POOL_STATE: _PoolState | None = None
+
+
+def init_decrypt_worker(pem_map: dict[int, bytes], lib_path: str | None, use_native: bool) -> None:
+    """``ProcessPoolExecutor(initializer=...)``: keys and DecryptData for this process.
+
+    Core dumps are disabled (they would contain private keys). The native library is
+    loaded here so a load error surfaces at pool start, not per record.
+    """
+    global _POOL_STATE
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    impl = native_decrypt_impl(lib_path) if use_native else decrypt_data_py
+    _POOL_STATE = _PoolState(keyring=KeyRing.from_pems(pem_map), impl=impl)
+
+
+def _decrypt_one(raw: bytes | str, state: _PoolState) -> tuple[str, bytes | None, str | None]:
+    try:
+        item = json.loads(raw)
+    except (ValueError, TypeError):
+        return "", None, "chatdata item is not valid JSON"
+    msgid = item.get("msgid") if isinstance(item, dict) else None
+    msgid = msgid if isinstance(msgid, str) else ""
+    try:
+        return msgid, decrypt_record(item, state.keyring, state.impl), None
+    except RecordError as exc:
+        return msgid, None, exc.reason
+    except Exception as exc:  # noqa: BLE001 - one bad record must not stop the batch (K6)
+        log.warning("unexpected %s while decrypting a record", type(exc).__name__)
+        return msgid, None, f"unexpected {type(exc).__name__} while decrypting"
+
+
+def decrypt_items(raw_items: list[bytes]) -> list[tuple[str, bytes | None, str | None]]:
+    """Decrypt raw chatdata items: ``(msgid or "", plaintext or None, reason or None)``.
+
+    Never raises for bad records (each gets a reason); requires
+    :func:`init_decrypt_worker` to have run in this process.
+    """
+    state = _POOL_STATE
+    if state is None:
+        raise RuntimeError("init_decrypt_worker() has not run in this process")
+    return [_decrypt_one(raw, state) for raw in raw_items]
