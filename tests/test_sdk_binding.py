@@ -220,6 +220,16 @@ def test_short_message_guard_raises_instead_of_aborting(worker: SdkWorker) -> No
         sdkmod.decrypt_data(load_library(), b"QUJD" * 11, "A" * 5)  # and in-process too
 
 
+def test_worker_child_has_no_core_dumps_and_no_stdout(worker: SdkWorker) -> None:
+    limits = Path(f"/proc/{worker.pid}/limits").read_text()
+    core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"]
+    assert Path(f"/proc/{worker.pid}/fd/1").resolve() == Path("/dev/null")
+    cmdline = Path(f"/proc/{worker.pid}/cmdline").read_bytes()
+    environ = Path(f"/proc/{worker.pid}/environ").read_bytes()
+    assert SECRET.encode() not in cmdline + environ  # the secret travels over the socket only
+
+
 def test_worker_survives_a_real_sdk_abort_and_restarts(worker: SdkWorker) -> None:
     first = worker.pid
     with pytest.raises(SdkCrashed) as err:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import padding as sympadding
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding as asympadding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -94,11 +93,11 @@ def _aes_cbc_decrypt(data: bytes, key: bytes) -> bytes | None:
     key32 = (key + b"\0" * 32)[:32]
     decryptor = Cipher(algorithms.AES(key32), modes.CBC(raw[:16])).decryptor()
     padded = decryptor.update(raw[16:]) + decryptor.finalize()
-    unpadder = sympadding.PKCS7(128).unpadder()
-    try:
-        return unpadder.update(padded) + unpadder.finalize()
-    except ValueError:
+    pad = padded[-1]
+    # OpenSSL's EVP_DecryptFinal check: pad in 1..16 and every pad byte equal to it.
+    if not 1 <= pad <= 16 or padded[-pad:] != bytes((pad,)) * pad:
         return None
+    return padded[:-pad]
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:

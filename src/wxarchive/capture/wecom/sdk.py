@@ -21,6 +21,7 @@ stdout on token failures; production code therefore runs it in
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -29,6 +30,7 @@ import platform
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -342,6 +344,14 @@ def guard_encrypt_msg(encrypt_msg: str) -> bytes:
     return encrypt_msg.encode("ascii")
 
 
+@functools.cache
+def _abort_predictor() -> Callable[[bytes, str], str | None]:
+    """The pure-Python model's abort check; imported late because decrypt.py imports us."""
+    from wxarchive.capture.wecom.decrypt import native_abort_reason
+
+    return native_abort_reason
+
+
 def decrypt_data(lib: SdkLibrary, encrypt_key: bytes, encrypt_msg: str) -> bytes:
     """Official ``DecryptData``: RSA-unwrapped key + ``encrypt_chat_msg`` -> JSON bytes.
 
@@ -353,10 +363,7 @@ def decrypt_data(lib: SdkLibrary, encrypt_key: bytes, encrypt_msg: str) -> bytes
     if not isinstance(encrypt_key, bytes):
         raise DecryptError(f"encrypt_key must be bytes, not {type(encrypt_key).__name__}")
     msg = guard_encrypt_msg(encrypt_msg)
-    # Imported here: decrypt.py builds on this module's errors.
-    from wxarchive.capture.wecom.decrypt import native_abort_reason
-
-    reason = native_abort_reason(encrypt_key, encrypt_msg)
+    reason = _abort_predictor()(encrypt_key, encrypt_msg)
     if reason is not None:
         raise DecryptError(reason)
     rc, out = _native_decrypt(lib, encrypt_key, msg)
