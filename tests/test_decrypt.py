@@ -194,7 +194,9 @@ def _crafted(info: bytes, tail: str, seed: int) -> tuple[bytes, str]:
     return base64.b64encode(_aes_cbc(e_key.encode(), info, rng.randbytes(16))), msg
 
 
-int32 = st.one_of(st.integers(-50, 300), st.integers(-(2**31), 2**31 - 1), st.sampled_from([2**30, 2**31 - 1, -(2**31)]))
+int32 = st.one_of(
+    st.integers(-50, 300), st.integers(-(2**31), 2**31 - 1), st.sampled_from([2**30, 2**31 - 1, -(2**31)])
+)
 
 
 def _near(true: int) -> st.SearchStrategy[int]:
@@ -395,6 +397,13 @@ def test_bad_key_files_give_one_line_errors_naming_the_file(tmp_path: Path) -> N
         assert "\n" not in str(err.value)
 
 
+def test_from_pems_names_the_source_in_errors() -> None:
+    with pytest.raises(KeyLoadError, match=r"^/etc/keys/v7.pem: not a PEM file"):
+        KeyRing.from_pems({7: b"junk"}, names={7: "/etc/keys/v7.pem"})
+    with pytest.raises(KeyLoadError, match=r"^private key for publickey_ver 7: not a PEM file"):
+        KeyRing.from_pems({7: b"junk"})
+
+
 def test_missing_version_and_implicit_rejection(ring, keys) -> None:
     with pytest.raises(MissingKeyVersion) as err:
         ring.unwrap(3, "AAAA")
@@ -496,7 +505,7 @@ def test_decrypt_items_in_a_process_pool_never_aborts(keys, ring, use_native) ->
         assert pool.submit(resource.getrlimit, resource.RLIMIT_CORE).result() == (0, 0)
         assert pool.submit(decrypt_items, raw[:1]).result()[0][1] == b'{"ok":true}'
     assert len(results) == len(expected)
-    for (msgid, plaintext, reason), (want_id, ok, want_reason) in zip(results, expected):
+    for (msgid, plaintext, reason), (want_id, ok, want_reason) in zip(results, expected, strict=True):
         assert msgid == want_id
         assert (plaintext is not None) == ok
         if want_reason is not None:

@@ -301,7 +301,9 @@ def tenant(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         k, m = crypto.encrypt_message(json.dumps(plain, ensure_ascii=False).encode(), keys[ver].public_key(), rng)
         if seq == 10:
             m = m[:20]
-        records.append({"seq": seq, "msgid": f"m{seq}", "publickey_ver": ver, "encrypt_random_key": k, "encrypt_chat_msg": m})
+        records.append(
+            {"seq": seq, "msgid": f"m{seq}", "publickey_ver": ver, "encrypt_random_key": k, "encrypt_chat_msg": m}
+        )
         plains[f"m{seq}"] = plain
     _write_jsonl(root / "chatdata.jsonl", records)
     media, index = {}, []

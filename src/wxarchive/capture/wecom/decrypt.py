@@ -323,10 +323,19 @@ class KeyRing:
         self._keys = {int(ver): key for ver, key in keys.items()}
 
     @classmethod
-    def from_pems(cls, pems: Mapping[int, bytes], password: bytes | None = None) -> KeyRing:
+    def from_pems(
+        cls,
+        pems: Mapping[int, bytes],
+        password: bytes | None = None,
+        names: Mapping[int, str] | None = None,
+    ) -> KeyRing:
+        """Keys from PEM bytes; ``names`` (e.g. file paths) label them in errors."""
+        names = names or {}
         return cls(
             {
-                int(ver): _load_private_key(pem, f"private key for publickey_ver {ver}", password)
+                int(ver): _load_private_key(
+                    pem, str(names.get(ver, f"private key for publickey_ver {ver}")), password
+                )
                 for ver, pem in pems.items()
             }
         )

@@ -151,6 +151,9 @@ class SdkWorker:
                 pass_fds=(child_sock.fileno(),),
                 env=_child_env(),
             )
+        except OSError as exc:
+            parent_sock.close()
+            raise SdkLoadError(f"cannot start the SDK worker process: {exc.strerror}") from None
         finally:
             child_sock.close()
         self._conn = Connection(parent_sock.detach())
