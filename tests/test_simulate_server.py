@@ -588,3 +588,56 @@ def test_product_sdk_worker_against_the_simulator(tenant: dict[str, Any]) -> Non
                 _product_download(worker, tenant["media"]["gone"]["sdkfileid"], sim.proxy_url)
             assert err.value.code == EXPIRED
         assert sim.stats.tokens_issued == 2
+
+
+# --------------------------------------------------------------------------- generated tenant
+
+
+def _sdkfileids(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object holding an sdkfileid, also inside JSON-string item contents (C4)."""
+    if isinstance(node, dict):
+        if isinstance(node.get("sdkfileid"), str):
+            yield node
+        for value in node.values():
+            yield from _sdkfileids(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _sdkfileids(value)
+    elif isinstance(node, str) and node.startswith("{"):
+        try:
+            yield from _sdkfileids(json.loads(node))
+        except ValueError:
+            return
+
+
+def test_generated_tenant_pulls_and_downloads(tmp_path: Path, sdk: SdkWorker) -> None:
+    """The contract of docs/simulator.md end to end: generator output served to the SDK."""
+    tenant_mod = pytest.importorskip("wxarchive.simulate.tenant")
+    root = tmp_path / "gen"
+    tenant_mod.generate_tenant(root, messages=150, seed=11)
+    meta = json.loads((root / "tenant.json").read_text())
+    secret = (root / "secret").read_text().strip()
+    expected = [json.loads(line) for line in (root / "chatdata.jsonl").read_text().splitlines()]
+    index = {r["fileid"]: r for r in map(json.loads, (root / "media" / "index.jsonl").read_text().splitlines())}
+    answers = [json.loads(line) for line in (root / "answer" / "messages.jsonl").read_text().splitlines()]
+    answer_md5 = {r["md5"] for r in map(json.loads, (root / "answer" / "media.jsonl").read_text().splitlines())}
+    with serve(root) as sim:
+        h = sdk.new(meta["corp_id"], secret)
+        pulled, cursor = [], 0
+        while batch := _records(sdk.chat(h, cursor, 40, sim.proxy_url)[1]):
+            pulled += batch
+            cursor = batch[-1]["seq"]
+        assert pulled == expected
+        holders = [o for a in answers if a["plaintext"] for o in _sdkfileids(a["plaintext"])]
+        assert holders, "the generated tenant has media"
+        for holder in holders:
+            fileid = crypto.parse_sdkfileid(holder["sdkfileid"])[0]
+            rc, data, _ = sdk.media(h, holder["sdkfileid"], sim.proxy_url)
+            if index[fileid]["expired"]:
+                assert rc == EXPIRED
+                continue
+            assert rc == 0 and len(data) == index[fileid]["plain_size"]
+            assert hashlib.md5(data).hexdigest() in answer_md5
+            if holder.get("md5sum"):
+                assert hashlib.md5(data).hexdigest() == holder["md5sum"]
+        sdk.destroy(h)
