@@ -149,9 +149,13 @@ def _private_keys(specs: list[str], settings: cfg.Settings) -> dict[int, bytes]:
             keys[ver] = Path(p).expanduser().read_bytes()
         except OSError as e:
             fail(f"private key for version {ver}: cannot read {p} ({e.strerror or e.__class__.__name__})")
-    from wxarchive.capture.wecom.decrypt import KeyRing
+    from wxarchive.capture.wecom.decrypt import KeyLoadError, KeyRing
 
-    KeyRing.from_pems(keys, names={v: paths[v] for v in keys}) if "names" in KeyRing.from_pems.__code__.co_varnames else KeyRing.from_pems(keys)
+    for ver, pem in keys.items():  # fail now, naming the file, rather than in a worker
+        try:
+            KeyRing.from_pems({ver: pem})
+        except KeyLoadError as e:
+            fail(f"{paths[ver]}: {e}")
     return keys
 
 
