@@ -9,6 +9,7 @@ serialisation and (in tests) decryption.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ def _small_primes(limit: int) -> list[int]:
     return [i for i in range(limit) if sieve[i]]
 
 
-_SMALL_PRIMES = _small_primes(2000)
+_SMALL_PRIMES = _small_primes(1 << 16)  # trial division by one gcd: ~1 in 36 survivors is prime
 _SMALL_PRIMES_PRODUCT = math.prod(_SMALL_PRIMES)
 
 
@@ -66,8 +67,12 @@ def _random_prime(bits: int, rng: random.Random) -> int:
             return candidate
 
 
+@functools.lru_cache(maxsize=16)
 def generate_private_key(seed: str) -> rsa.RSAPrivateKey:
-    """A deterministic RSA-2048 key (e = 65537) for the given seed string."""
+    """A deterministic RSA-2048 key (e = 65537) for the given seed string.
+
+    Cached: a key is immutable, and tests generate the same tenant more than once.
+    """
     rng = random.Random(f"wxarchive-rsa:{seed}")
     while True:
         p = _random_prime(KEY_BITS // 2, rng)
