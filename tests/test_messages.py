@@ -212,6 +212,24 @@ def test_call_audio_and_doc_share_without_roomid_are_direct() -> None:
     [attachment] = call.attachments
     assert (attachment.path, attachment.kind, attachment.source_ref) == ("", "call_audio", "CALL-SECRET")
 
+    share = parse(
+        {
+            "msgid": "16527954622422422847_1594199256",
+            "action": "send",
+            "from": "18002520162",
+            "tolist": ["wo137MCgAAYW6pIiKKrDe5SlzEhSgwbA"],
+            "msgtime": 1594199235014,
+            "msgtype": "voip_doc_share",
+            "voipid": "gr2751c98b19300571f8afb3b74514bd32",
+            "voip_doc_share": {"filename": "方案.pptx", "md5sum": "f" * 32, "filesize": 44, "sdkfileid": "DOC"},
+        }
+    )
+    assert (share.conversation_kind, share.conversation_id) == ("direct", "18002520162|wo137MCgAAYW6pIiKKrDe5SlzEhSgwbA")
+    assert share.kind == MessageKind.DOCUMENT and share.text == "方案.pptx"
+    [doc] = share.attachments
+    assert (doc.path, doc.kind, doc.file_name, doc.source_ref) == ("", "file", "方案.pptx", "DOC")
+    assert doc.media_type == "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+
 
 def test_media_message_without_sdkfileid_is_archived_with_a_missing_attachment() -> None:
     """A2: the message is kept; its attachment says why it cannot be fetched."""
@@ -478,6 +496,17 @@ def test_unknown_type_is_kept_raw_and_searchable() -> None:
     assert_no_secret(message, ["FUT"])
 
 
+def test_numbers_are_normalised_and_ids_accepted_in_either_form() -> None:
+    voice = parse(envelope("voice", voice={"voice_size": "6810", "play_length": "10", "sdkfileid": "S"}))
+    assert voice.attachments[0].declared_size == 6810 and voice.content["duration_s"] == 10
+    flat = parse(envelope("vote", votetitle="午饭", voteitem=["面", "饭"], votetype=102, voteid="v1"))
+    assert (flat.content["title"], flat.content["items"], flat.content["vote_type"]) == ("午饭", ["面", "饭"], 102)
+    assert flat.text == "午饭\n面\n饭"
+    notice = parse(envelope("meeting_notification", info={"meetingid": 42, "notification_type": "1", "content": "开始"}))
+    assert (notice.content["meeting_id"], notice.content["notification_type"]) == ("42", 1)
+    assert parse(envelope("text", text={"content": "x"}, **{"from": 10086})).sender == "10086"
+
+
 def test_malformed_body_of_a_known_type_still_archives() -> None:
     message = parse(envelope("text", text="just a string"))
     assert message.kind == MessageKind.TEXT and message.text == "just a string"
@@ -502,10 +531,12 @@ def test_non_bytes_input_is_a_parse_error() -> None:
 
 # ------------------------------------------------------------------------------- fuzz
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+# text includes lone surrogates: json.dumps writes them as \udXXX escapes (case X2)
+any_text = st.text(st.characters(exclude_categories=()))
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | any_text
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(any_text, children, max_size=4),
     max_leaves=20,
 )
 MSGTYPES = [*DOC_KINDS, "future_type"]

@@ -222,10 +222,10 @@ def _is_secret(value: Any) -> bool:
 def _redact(value: Any, *, loose: bool = False) -> Any:
     """Copy of ``value`` with every sdkfileid replaced by a marker.
 
-    Keys named sdkfileid are always redacted, and so are strings that are JSON
-    documents holding one (nested chat-record contents). ``loose`` also rewrites
-    sdkfileid values inside strings that are not valid JSON; it is used where the text
-    is machine-made (unknown types, broken nested contents), never on what people typed.
+    Keys named sdkfileid are always redacted, and so are sdkfileids inside strings that
+    look like JSON (nested chat-record contents, parseable or not). ``loose`` extends
+    this to any string; it is used where text is machine-made (unknown types, extra
+    top-level keys), never on the fields people type, which are kept exactly.
     """
     if isinstance(value, dict):
         return {
@@ -258,20 +258,22 @@ def _redact_string(text: str, *, loose: bool) -> str:
     return text
 
 
-def _strings(value: Any) -> list[str]:
-    """Every string value in a JSON tree (not keys, sdkfileids or types), in document order.
+def _strings(value: Any, *, skip_codes: bool = False) -> list[str]:
+    """Every string value in a JSON tree (not keys, not sdkfileids), in document order.
 
-    This is how types we do not model stay searchable.
+    This is how types we do not model stay searchable. ``skip_codes`` also leaves out
+    values of keys ending in "type" (``msg_type: "text"``), enum codes rather than content.
     """
     found: list[str] = []
     if isinstance(value, dict):
         for key, item in value.items():
-            if isinstance(key, str) and (key.lower() == "sdkfileid" or key.lower().endswith("type")):
-                continue  # secrets, and enum codes such as msg_type "text" that are not content
-            found.extend(_strings(item))
+            name = key.lower() if isinstance(key, str) else ""
+            if name == "sdkfileid" or (skip_codes and name.endswith("type")):
+                continue
+            found.extend(_strings(item, skip_codes=skip_codes))
     elif isinstance(value, list):
         for item in value:
-            found.extend(_strings(item))
+            found.extend(_strings(item, skip_codes=skip_codes))
     elif isinstance(value, str) and value.strip():
         found.append(_redact(value, loose=True))
     return found
@@ -619,7 +621,7 @@ def _sphfeed(body: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
 def _searchable(body: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     """Types whose fields are only known from third-party models (note, solitaire):
     no normalised fields, but every string stays searchable."""
-    ctx.text(*_strings(body))
+    ctx.text(*_strings(body, skip_codes=True))
     return {}
 
 
@@ -631,7 +633,8 @@ def _consent(agree: bool) -> Handler:
     time_key = "agree_time" if agree else "disagree_time"
 
     def handle(body: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
-        return {"agree": agree, "userid": _ident(body.get("userid")), "time": _ms(body.get(time_key))}
+        userid = _ident(body.get("userid"))
+        return {"agree": agree, "userid": userid, "time": _ms(body.get(time_key))}
 
     handle.__doc__ = f"{'agree' if agree else 'disagree'}: consent to archiving, time in ms."
     return handle
@@ -709,15 +712,15 @@ def _items(body: dict[str, Any], ctx: _Ctx) -> list[dict[str, Any]]:
 def _item(raw: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     item_type = _str(raw.get("type"))
     original = raw.get("content")
-    content = _nested_content(raw, ctx)
+    content, broken = _nested_content(raw, ctx)
     fields: dict[str, Any] = {}
     if isinstance(content, dict):
         fields = _handle_nested(item_type, content, ctx)
         if isinstance(original, str) and "sdkfileid" in original.lower():
             raw["content"] = _dumps(content)
-    elif isinstance(content, str):
-        ctx.text(content)
-        if content != original and isinstance(original, str):
+    else:
+        ctx.text(*_strings(content))
+        if broken and isinstance(original, str):
             _attach_from_broken(original, item_type, ctx)
     item: dict[str, Any] = {"type": item_type, "time": _ms(raw.get("msgtime"), "s")}
     if "from_chatroom" in raw:
@@ -728,25 +731,26 @@ def _item(raw: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     return item
 
 
-def _nested_content(raw: dict[str, Any], ctx: _Ctx) -> Any:
+def _nested_content(raw: dict[str, Any], ctx: _Ctx) -> tuple[Any, bool]:
     """Parse an item's ``content`` (a JSON *string*); on failure keep it raw and flag.
 
-    A broken string is kept (with any sdkfileid value masked) so nothing is lost.
+    Returns the content and whether it was unparseable. A broken string is kept (with
+    any sdkfileid value masked, here and in the original) so nothing is lost.
     """
     value = raw.get("content")
     if not isinstance(value, str):
-        return copy.deepcopy(value)
+        return copy.deepcopy(value), False
     try:
         parsed = _loads(value)
     except (ValueError, RecursionError):
         ctx.flag("invalid_nested_content")
         masked = _redact(value, loose=True)
         raw["content"] = masked
-        return masked
-    parsed, broken = _clean_surrogates(parsed)
-    if broken:
+        return masked, True
+    parsed, has_surrogates = _clean_surrogates(parsed)
+    if has_surrogates:
         ctx.flag("invalid_text")
-    return parsed
+    return parsed, False
 
 
 def _attach_from_broken(text: str, item_type: str | None, ctx: _Ctx) -> None:
@@ -946,7 +950,8 @@ def _known(spec: _Spec, rest: dict[str, Any], msgtype: str, ctx: _Ctx) -> dict[s
         content["original" if key in fields else key] = body
     for name, value in rest.items():
         if name != key:
-            content.setdefault(name if name not in content else f"record.{name}", _redact(value, loose=True))
+            slot = name if name not in content else f"record.{name}"
+            content.setdefault(slot, _redact(value, loose=True))
     return content
 
 
