@@ -184,6 +184,9 @@ def run_demo(home: Path, tenant: Path, messages: int, seed: int, out: Console, e
         opts = WeComOptions(corp_id=info["corp_id"], secret=(tenant / "secret").read_text().strip(),
                             private_keys=keys, proxy=proxy)
         archive = Archive.open(home, create=True)
+        from wxarchive.cli import _setup_logging
+
+        _setup_logging(home)
         t0 = time.monotonic()
         result = _run_capture(archive, opts, None)
         took = time.monotonic() - t0
@@ -208,7 +211,8 @@ def run_demo(home: Path, tenant: Path, messages: int, seed: int, out: Console, e
     for label, q in [
         ("'合同' (2 Chinese characters)", Query(text="合同")),
         ("'钱' (1 Chinese character)", Query(text="钱")),
-        ("'meeting' (English)", Query(text="meeting")),
+        ("'term sheet' (English)", Query(text="term sheet")),
+        ("'600519' (a stock code)", Query(text="600519")),
         ("files", Query(kind="file")),
         ("recalls", Query(kind="recall")),
     ]:

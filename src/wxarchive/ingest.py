@@ -31,7 +31,8 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -81,6 +82,7 @@ class WeComOptions:
     workers: int | None = None
     native_decrypt: bool = True  # DecryptData through the official library
     fetch_media: bool = True  # False: attachments stay pending for a later run
+    media_workers: int = 4  # media downloads in flight (each with its own SDK handle)
     retry_base: float = 0.5
     max_retries: int = 6
 
@@ -242,6 +244,10 @@ class WeComCapture:
         self._sdk = sdk
         self.limiter = _RateLimiter()
         self.stop_requested = False
+        self._media_pool: ThreadPoolExecutor | None = None
+        self._media_local = threading.local()
+        self._media_lock = threading.Lock()
+        self._media_sdks: list = []
 
     # -- the SDK, with retries ---------------------------------------------------------
 
@@ -382,11 +388,24 @@ class WeComCapture:
 
     # -- media ---------------------------------------------------------------------------
 
+    def _media_sdk(self):
+        """One SDK handle (in its own process) per media thread: the SDK wants a handle per thread."""
+        sdk = getattr(self._media_local, "sdk", None)
+        if sdk is None:
+            from wxarchive.capture.wecom.worker import SdkWorker
+
+            sdk = SdkWorker(self.opts.corp_id, self.opts.secret, lib_path=self.opts.sdk_lib)
+            self._media_local.sdk = sdk
+            with self._media_lock:
+                self._media_sdks.append(sdk)
+        return sdk
+
     def _fetch_one(self, sdkfileid: str) -> bytes:
         chunks: list[bytes] = []
         index = ""
+        sdk = self._media_sdk()
         while True:
-            chunk = self._call("GetMediaData", self.sdk.get_media_chunk, index, sdkfileid,
+            chunk = self._call("GetMediaData", sdk.get_media_chunk, index, sdkfileid,
                                self.opts.proxy, self.opts.proxy_auth, self.opts.timeout)
             chunks.append(chunk.data)
             if chunk.is_finish:
@@ -424,21 +443,27 @@ class WeComCapture:
         return {"state": AttachmentState.FAILED.value, "reason": last}
 
     def fetch_media(self, result: RunResult) -> None:
+        """Fetch every pending attachment of this source, several at a time.
+
+        Blobs are written (and fsynced) by the fetching threads; outcomes are journaled
+        by this thread only, in the order of the pending list.
+        """
         source = self.opts.source
+        if self._media_pool is None:
+            self._media_pool = ThreadPoolExecutor(self.opts.media_workers, thread_name_prefix="media")
         while not self.stop_requested:
             pending = self.archive.catalog.pending_attachments(source, limit=200)
             if not pending:
                 return
             entries = []
-            for att in pending:
-                outcome = self._fetch_attachment(att)
+            futures = [self._media_pool.submit(self._fetch_attachment, att) for att in pending]
+            for att, fut in zip(pending, futures):
+                outcome = fut.result()
                 meta = {"source": source, "key": att["msgid"], "path": att["path"], **outcome}
                 serial = self.archive.journal.append("media", meta)
                 entries.append(Entry(serial, 0, "media", meta, b""))
                 result.media[outcome["state"]] += 1
                 self.progress("media", {"state": outcome["state"]})
-                if self.stop_requested:
-                    break
             self.archive.journal.sync()
             apply(self.archive, entries)
 
@@ -555,8 +580,10 @@ class WeComCapture:
         serial = self.archive.journal.append("run.end", meta)
         self.archive.journal.sync()
         apply(self.archive, [Entry(serial, int(time.time() * 1000), "run.end", meta, b"")])
-        if self._sdk is not None:
-            self._sdk.close()
+        if self._media_pool is not None:
+            self._media_pool.shutdown(wait=True, cancel_futures=True)
+        for sdk in self._media_sdks + ([self._sdk] if self._sdk is not None else []):
+            sdk.close()
         log.info("run %s ended %s: %s", result.run_id, result.status, dict(result.counts))
 
 
