@@ -259,17 +259,25 @@ class WeComCapture:
             self._sdk = SdkWorker(self.opts.corp_id, self.opts.secret, lib_path=self.opts.sdk_lib)
         return self._sdk
 
-    def _call(self, what: str, fn, *args):
+    def _call(self, what: str, sdk, method: str, *args):
+        """Call ``sdk.method(*args)``, retrying transient SDK errors with exponential backoff.
+
+        GetMediaData reports a server-side token error as 10002 (the SDK maps every
+        unexpected media errcode to it) and keeps its stale token (P16), so a repeated
+        10002 also recreates the handle before the next try.
+        """
         from wxarchive.capture.wecom.sdk import SdkError
 
         delay = self.opts.retry_base
         for attempt in range(1, self.opts.max_retries + 1):
             try:
-                return fn(*args)
+                return getattr(sdk, method)(*args)
             except SdkError as err:
                 retryable = getattr(err, "retryable", False) or err.code in RETRYABLE_SDK or err.code < 0
                 if not retryable or attempt == self.opts.max_retries:
                     raise
+                if err.code == 10002:
+                    sdk.recreate()
                 log.warning("%s failed (%s); retry %d/%d in %.1fs", what, err, attempt,
                             self.opts.max_retries - 1, delay)
                 self.progress("retry", {"what": what, "error": str(err), "attempt": attempt})
@@ -284,7 +292,7 @@ class WeComCapture:
         for token_attempt in range(3):
             self.limiter.wait()
             try:
-                body = self._call("GetChatData", self.sdk.get_chat_data, cursor, self.opts.limit,
+                body = self._call("GetChatData", self.sdk, "get_chat_data", cursor, self.opts.limit,
                                   self.opts.proxy, self.opts.proxy_auth, self.opts.timeout)
             except SdkError as err:
                 raise CaptureError(f"GetChatData from seq {cursor} failed: {err}") from None
@@ -405,7 +413,7 @@ class WeComCapture:
         index = ""
         sdk = self._media_sdk()
         while True:
-            chunk = self._call("GetMediaData", sdk.get_media_chunk, index, sdkfileid,
+            chunk = self._call("GetMediaData", sdk, "get_media_chunk", index, sdkfileid,
                                self.opts.proxy, self.opts.proxy_auth, self.opts.timeout)
             chunks.append(chunk.data)
             if chunk.is_finish:
