@@ -246,7 +246,7 @@ def _pdf_text(s: str) -> bytes:
     return safe.replace(b"(", b"\\(").replace(b")", b"\\)")
 
 
-def _pdf_build(lines: list[str], padding: bytes) -> bytes:
+def _pdf_build(lines: list[str], padding: bytes, crlf: bool = False) -> bytes:
     content = b"BT /F1 12 Tf 72 770 Td 16 TL " + b" ".join(b"(" + _pdf_text(x) + b") '" for x in lines) + b" ET"
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
@@ -264,8 +264,8 @@ def _pdf_build(lines: list[str], padding: bytes) -> bytes:
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF" % (len(objects) + 1, xref)
+    return bytes(out + (b"\r\n" if crlf else b"\n"))
 
 
 def _pdf_padding(rng: random.Random, total: int) -> bytes:
@@ -277,18 +277,24 @@ def _pdf_padding(rng: random.Random, total: int) -> bytes:
 
 
 def pdf(rng: random.Random, lines: list[str], size: int | None = None) -> MediaFile:
-    """One-page PDF 1.4 (Helvetica text); padding as comments before the first object."""
+    """One-page PDF 1.4 (Helvetica text); padding as comments before the first object.
+
+    Exact sizes: the padding shifts ``startxref``, whose digit count can skip one total
+    size; the final end-of-line (LF or CRLF, both valid) covers that byte.
+    """
     data = _pdf_build(lines, b"")
-    if size is not None and size != len(data):
-        pad = size - len(data)
-        for _ in range(4):  # the startxref digits may grow with the padding
-            data = _pdf_build(lines, _pdf_padding(rng, pad))
-            if len(data) == size:
+    if size is None or size == len(data):
+        return MediaFile(data, "pdf", "application/pdf")
+    for crlf in (False, True):
+        pad = size - len(_pdf_build(lines, b"", crlf))
+        for _ in range(4):
+            if pad < 0 or pad == 1:
                 break
+            data = _pdf_build(lines, _pdf_padding(rng, pad), crlf)
+            if len(data) == size:
+                return MediaFile(data, "pdf", "application/pdf")
             pad += size - len(data)
-        if len(data) != size:
-            raise MediaSizeError(f"cannot build a PDF of exactly {size} bytes")
-    return MediaFile(data, "pdf", "application/pdf")
+    raise MediaSizeError(f"cannot build a PDF of exactly {size} bytes")
 
 
 # --------------------------------------------------------------------------- OOXML
