@@ -122,7 +122,10 @@ def test_other_seed_gives_other_tenant(tmp_path, tenant):
     other = tmp_path / "other"
     generate_tenant(other, messages=N, seed=SEED + 1)
     assert (other / "chatdata.jsonl").read_bytes() != (tenant / "chatdata.jsonl").read_bytes()
-    assert json.loads((other / "tenant.json").read_text())["corp_id"] != json.loads((tenant / "tenant.json").read_text())["corp_id"]
+    assert (
+        json.loads((other / "tenant.json").read_text())["corp_id"]
+        != json.loads((tenant / "tenant.json").read_text())["corp_id"]
+    )
 
 
 def test_regenerating_in_place_leaves_no_stale_files(tmp_path):
@@ -158,7 +161,9 @@ def test_tenant_json_and_directory(tenant, plaintexts):
         assert u["mobile"].startswith("+86 13") and "@" in u["email"]
     names = {u["name"] for u in meta["users"]}
     assert {"王小明", "Zoë 👩‍👩‍👧", "David Chen"} <= names
-    assert {"Wealth Management", "Compliance", "Trading", "财富管理部", "合规部"} & {u["department"] for u in meta["users"]}
+    assert {"Wealth Management", "Compliance", "Trading", "财富管理部", "合规部"} & {
+        u["department"] for u in meta["users"]
+    }
     ext = meta["externals"]
     assert any(e["external_userid"].startswith("wm") and e["type"] == 1 for e in ext)
     assert any(e["external_userid"].startswith("wo") and e["type"] == 2 and e["corp_name"] for e in ext)
@@ -209,7 +214,9 @@ def test_every_archived_record_decrypts_with_the_official_sdk(tenant, chatdata, 
     for rec, a in zip(chatdata, answer):
         if a["expected"] != "archived":
             continue
-        rk = private_keys[rec["publickey_ver"]].decrypt(base64.b64decode(rec["encrypt_random_key"]), asympadding.PKCS1v15())
+        rk = private_keys[rec["publickey_ver"]].decrypt(
+            base64.b64decode(rec["encrypt_random_key"]), asympadding.PKCS1v15()
+        )
         rc, out = official(rk, rec["encrypt_chat_msg"])
         assert rc == 0, a["msgid"]
         assert json.loads(out) == a["plaintext"]
@@ -286,8 +293,11 @@ def test_irregular_shapes_of_the_fact_sheet(plaintexts):
     by_type: dict[str, list[dict[str, Any]]] = {}
     for p in plaintexts:
         by_type.setdefault(p.get("msgtype", "switch"), []).append(p)
-    for key, types in {"info": ("markdown", "news", "voiptext", "qydiskfile", "meeting_notification", "solitaire", "note"),
-                       "doc": ("docmsg",), "redpacket": ("external_redpacket",)}.items():
+    for key, types in {
+        "info": ("markdown", "news", "voiptext", "qydiskfile", "meeting_notification", "solitaire", "note"),
+        "doc": ("docmsg",),
+        "redpacket": ("external_redpacket",),
+    }.items():
         for t in types:
             assert all(key in p and t not in p for p in by_type[t]), t
     call = by_type["meeting_voice_call"][0]
@@ -305,7 +315,11 @@ def test_irregular_shapes_of_the_fact_sheet(plaintexts):
 
 def test_nested_chat_record_and_mixed_items(plaintexts):
     records = [p for p in plaintexts if p.get("msgtype") == "chatrecord"]
-    full = [r for r in records if [i["type"] for i in r["chatrecord"]["item"]][:3] == ["ChatRecordText", "ChatRecordImage", "ChatRecordFile"]]
+    full = [
+        r
+        for r in records
+        if [i["type"] for i in r["chatrecord"]["item"]][:3] == ["ChatRecordText", "ChatRecordImage", "ChatRecordFile"]
+    ]
     assert full
     for item in full[0]["chatrecord"]["item"]:
         assert isinstance(item["content"], str) and item["msgtime"] < 10**10  # seconds, not ms
@@ -315,7 +329,9 @@ def test_nested_chat_record_and_mixed_items(plaintexts):
     files = [json.loads(i["content"]) for i in full[0]["chatrecord"]["item"] if i["type"] == "ChatRecordFile"]
     assert files[0]["filename"]
     mixed = [p for p in plaintexts if p.get("msgtype") == "mixed"]
-    assert any(i["type"] == "image" and "sdkfileid" in json.loads(i["content"]) for m in mixed for i in m["mixed"]["item"])
+    assert any(
+        i["type"] == "image" and "sdkfileid" in json.loads(i["content"]) for m in mixed for i in m["mixed"]["item"]
+    )
 
 
 def test_special_texts(plaintexts):
@@ -366,7 +382,11 @@ def test_named_conversations_and_files(plaintexts, tenant):
     groups = {g["name"]: g for g in json.loads((tenant / "tenant.json").read_text())["groups"]}
     rooms = {p.get("roomid") for p in plaintexts}
     assert groups["客户群🎉💼"]["roomid"] in rooms
-    assert all(g["roomid"] in rooms for g in json.loads((tenant / "tenant.json").read_text())["groups"] if g["name"] == "项目组")
+    assert all(
+        g["roomid"] in rooms
+        for g in json.loads((tenant / "tenant.json").read_text())["groups"]
+        if g["name"] == "项目组"
+    )
     contracts: dict[Any, list[str]] = {}
     for p in plaintexts:
         if p.get("msgtype") == "file" and p["file"]["filename"] == "合同.pdf":

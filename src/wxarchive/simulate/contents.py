@@ -15,7 +15,8 @@ import json
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable
 
 from wxarchive.simulate import corpus, media
 from wxarchive.simulate.corp import CORP_NAME, Conversation, Corp
@@ -193,7 +194,10 @@ class MediaMaker:
             return media.docx(self.rng, [corpus.long_text(200), name], target)
         if ext == "xlsx":
             rows: list[list[str | float]] = [["代码 Code", "名称 Name", "价格 Price"]]
-            rows += [[f"{600000 + i}", self.rng.choice(corpus.STOCKS), round(self.rng.uniform(5, 2000), 2)] for i in range(20)]
+            rows += [
+                [f"{600000 + i}", self.rng.choice(corpus.STOCKS), round(self.rng.uniform(5, 2000), 2)]
+                for i in range(20)
+            ]
             return media.xlsx(self.rng, rows, target)
         if ext == "txt":
             text = corpus.long_text(target).encode("utf-8")[:target].decode("utf-8", "ignore")
@@ -250,7 +254,13 @@ class ContentFactory:
     def _file_fields(self, draft: Draft, name: str, size: int | None, path: str = "") -> dict[str, Any]:
         stored = self._store(draft, self.media.document(name, size), "file", path, name)
         ext = name.rsplit(".", 1)[-1] if "." in name else ""
-        return {"md5sum": stored.md5, "filename": name, "fileext": ext, "filesize": stored.size, "sdkfileid": stored.sdkfileid}
+        return {
+            "md5sum": stored.md5,
+            "filename": name,
+            "fileext": ext,
+            "filesize": stored.size,
+            "sdkfileid": stored.sdkfileid,
+        }
 
     def _image_fields(self, draft: Draft, size: int | None = None, path: str = "") -> dict[str, Any]:
         stored = self._store(draft, self.media.image(size), "image", path)
@@ -271,12 +281,22 @@ class ContentFactory:
     def _voice_fields(self, draft: Draft, path: str = "") -> dict[str, Any]:
         file = self.media.voice()
         stored = self._store(draft, file, "voice", path)
-        return {"md5sum": stored.md5, "voice_size": stored.size, "play_length": file.play_length, "sdkfileid": stored.sdkfileid}
+        return {
+            "md5sum": stored.md5,
+            "voice_size": stored.size,
+            "play_length": file.play_length,
+            "sdkfileid": stored.sdkfileid,
+        }
 
     def _video_fields(self, draft: Draft, size: int | None = None, path: str = "") -> dict[str, Any]:
         file = self.media.video(size)
         stored = self._store(draft, file, "video", path)
-        return {"md5sum": stored.md5, "filesize": stored.size, "play_length": file.play_length, "sdkfileid": stored.sdkfileid}
+        return {
+            "md5sum": stored.md5,
+            "filesize": stored.size,
+            "play_length": file.play_length,
+            "sdkfileid": stored.sdkfileid,
+        }
 
     def _link_fields(self) -> dict[str, Any]:
         token = self.rng.getrandbits(48)
@@ -332,7 +352,14 @@ class ContentFactory:
         items = []
         for _ in range(self.rng.randint(1, 3)):
             link = self._link_fields()
-            items.append({"title": link["title"], "description": link["description"], "url": link["link_url"], "picurl": link["image_url"]})
+            items.append(
+                {
+                    "title": link["title"],
+                    "description": link["description"],
+                    "url": link["link_url"],
+                    "picurl": link["image_url"],
+                }
+            )
         return {"item": items}, {}
 
     def _b_card(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -378,10 +405,20 @@ class ContentFactory:
 
     def _b_redpacket(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any]]:
         count = self.rng.randint(1, 10)
-        return {"type": self.rng.choice([1, 2, 3]), "wish": "恭喜发财，大吉大利 🧧", "totalcnt": count, "totalamount": count * self.rng.choice([88, 168, 888])}, {}
+        return {
+            "type": self.rng.choice([1, 2, 3]),
+            "wish": "恭喜发财，大吉大利 🧧",
+            "totalcnt": count,
+            "totalamount": count * self.rng.choice([88, 168, 888]),
+        }, {}
 
     def _b_external_redpacket(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any]]:
-        return {"type": self.rng.choice([1, 2]), "wish": "感谢信任 Thank you 🙏", "totalcnt": 1, "totalamount": 6600}, {}
+        return {
+            "type": self.rng.choice([1, 2]),
+            "wish": "感谢信任 Thank you 🙏",
+            "totalcnt": 1,
+            "totalamount": 6600,
+        }, {}
 
     def _b_meeting(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any]]:
         start = (draft.seconds // 3600 + 20) * 3600
@@ -416,7 +453,11 @@ class ContentFactory:
         }, {}
 
     def _b_sphfeed(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any]]:
-        return {"feed_type": self.rng.choice([2, 4, 9]), "sph_name": "华信财富视频号", "feed_desc": "3分钟看懂债券基金 📺"}, {}
+        return {
+            "feed_type": self.rng.choice([2, 4, 9]),
+            "sph_name": "华信财富视频号",
+            "feed_desc": "3分钟看懂债券基金 📺",
+        }, {}
 
     def _b_voiptext(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any]]:
         return {"callduration": self.rng.randint(5, 1800), "invitetype": self.rng.choice([1, 2, 3, 4])}, {}
@@ -425,7 +466,11 @@ class ContentFactory:
         return {"filename": self.rng.choice(FILE_NAMES)}, {}
 
     def _b_meeting_notification(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any]]:
-        return {"meeting_id": self.rng.getrandbits(40), "notification_type": self.rng.choice([1, 2]), "content": "主持人已开启全员静音"}, {}
+        return {
+            "meeting_id": self.rng.getrandbits(40),
+            "notification_type": self.rng.choice([1, 2]),
+            "content": "主持人已开启全员静音",
+        }, {}
 
     def _b_solitaire(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any]]:
         names = [self.corp.names.get(p, p) for p in draft.conversation.people[:3]]
@@ -433,7 +478,12 @@ class ContentFactory:
         return {"solitaire_type": 1, "solitaire_content": body}, {}
 
     def _b_note(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any]]:
-        return {"items": [{"msg_type": "text", "content": self.text.sentence()}, {"msg_type": "text", "content": "待办：更新KYC"}]}, {}
+        return {
+            "items": [
+                {"msg_type": "text", "content": self.text.sentence()},
+                {"msg_type": "text", "content": "待办：更新KYC"},
+            ]
+        }, {}
 
     def _b_revoke(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any]]:
         return {"pre_msgid": draft.options["pre_msgid"]}, {}
@@ -459,7 +509,14 @@ class ContentFactory:
         content = {
             "endtime": start + file.play_length,
             "sdkfileid": stored.sdkfileid,
-            "demofiledata": [{"filename": "季度复盘.pptx", "demooperator": draft.sender, "starttime": start + 5, "endtime": start + 15}],
+            "demofiledata": [
+                {
+                    "filename": "季度复盘.pptx",
+                    "demooperator": draft.sender,
+                    "starttime": start + 5,
+                    "endtime": start + 15,
+                }
+            ],
             "sharescreendata": [{"share": draft.sender, "starttime": start + 16, "endtime": start + 18}],
         }
         return content, {"voiceid": f"gr{self.rng.getrandbits(128):032x}"}
@@ -490,10 +547,15 @@ class ContentFactory:
         return self._location_fields()
 
     def _b_mixed(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any]]:
-        kinds = draft.options.get("items") or ["text", self.rng.choice(["image", "image", "emotion"]), "text"][: self.rng.randint(2, 3)]
+        kinds = (
+            draft.options.get("items")
+            or ["text", self.rng.choice(["image", "image", "emotion"]), "text"][: self.rng.randint(2, 3)]
+        )
         items = []
         for n, kind in enumerate(kinds):
-            items.append({"type": kind, "content": json.dumps(self._nested(draft, kind, f"item.{n}"), ensure_ascii=False)})
+            items.append(
+                {"type": kind, "content": json.dumps(self._nested(draft, kind, f"item.{n}"), ensure_ascii=False)}
+            )
         return {"item": items}, {}
 
     def _b_chatrecord(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any]]:

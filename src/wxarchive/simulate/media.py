@@ -105,9 +105,7 @@ def jpeg(rng: random.Random, width: int, height: int, size: int | None = None) -
         if 0 < missing < 4:
             trailer = rng.randbytes(missing)  # bytes after EOI: tolerated by every decoder
         else:
-            padding = b"".join(
-                _segment(0xFE, rng.randbytes(n)) for n in _split_sizes(missing, 65533, 4)
-            )
+            padding = b"".join(_segment(0xFE, rng.randbytes(n)) for n in _split_sizes(missing, 65533, 4))
     return MediaFile(head + padding + body + trailer, "jpg", "image/jpeg", width, height)
 
 
@@ -180,9 +178,7 @@ def gif(rng: random.Random, width: int, height: int, size: int | None = None) ->
     """GIF89a with a 4-colour palette; padding in comment extensions."""
     head = b"GIF89a" + struct.pack("<HHBBB", width, height, 0xF1, 0, 0) + rng.randbytes(12)
     pixels = [rng.getrandbits(2) for _ in range(width * height)]
-    image = (
-        b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02" + _gif_sub_blocks(_gif_lzw(pixels))
-    )
+    image = b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02" + _gif_sub_blocks(_gif_lzw(pixels))
     padding = b""
     if size is not None:
         missing = size - len(head) - len(image) - 1
@@ -347,7 +343,7 @@ def _thumbnail(rng: random.Random, approx_size: int) -> bytes:
 
 def docx(rng: random.Random, paragraphs: list[str], approx_size: int = 0) -> MediaFile:
     """A Word package; ``approx_size`` is reached with an embedded thumbnail JPEG."""
-    body = "".join(f"<w:p><w:r><w:t xml:space=\"preserve\">{_xml_escape(p)}</w:t></w:r></w:p>" for p in paragraphs)
+    body = "".join(f'<w:p><w:r><w:t xml:space="preserve">{_xml_escape(p)}</w:t></w:r></w:p>' for p in paragraphs)
     document = (
         '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
         '<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">'

@@ -103,9 +103,7 @@ def private_pem(key: rsa.RSAPrivateKey, pkcs8: bool) -> bytes:
 
 def public_pem(key: rsa.RSAPrivateKey) -> bytes:
     """The public half as an admin pastes it into the WeCom console (SubjectPublicKeyInfo)."""
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass

@@ -208,7 +208,18 @@ class MediaStore:
             f.write(cipher)
         md5, sha256 = file_digest(file.data)
         self.bytes += len(cipher)
-        self.index.write(_jsonl({"fileid": fileid, "authkey": authkey, "path": rel, "cipher_size": len(cipher), "plain_size": len(file.data), "expired": expired}))
+        self.index.write(
+            _jsonl(
+                {
+                    "fileid": fileid,
+                    "authkey": authkey,
+                    "path": rel,
+                    "cipher_size": len(cipher),
+                    "plain_size": len(file.data),
+                    "expired": expired,
+                }
+            )
+        )
         self.answer.write(
             _jsonl(
                 {
@@ -260,7 +271,9 @@ class TenantGenerator:
         self.keys: dict[int, RSAPrivateKey] = {
             v: rsakeys.generate_private_key(f"{seed}:v{v}") for v in (*KEY_VERSIONS, MISSING_KEY_VERSION)
         }
-        self.public = {v: cast(RSAPublicKey, rsakeys.SeededPublicKey.of(k, self.crypto_rng)) for v, k in self.keys.items()}
+        self.public = {
+            v: cast(RSAPublicKey, rsakeys.SeededPublicKey.of(k, self.crypto_rng)) for v, k in self.keys.items()
+        }
         self.timeline = Timeline(self.rng, messages)
         self.seqs = SeqCounter(self.rng, messages)
         self.msgids = MsgidFactory(self.rng)
@@ -322,12 +335,18 @@ class TenantGenerator:
         if named:
             return self.corp.named[named]
         pool = (
-            "robot" if msgtype in ROBOT_TYPES
-            else "group" if msgtype in GROUP_ONLY
-            else "consent" if msgtype in CONSENT_TYPES
-            else "external_any" if msgtype == "external_redpacket"
-            else "internal_any" if msgtype == "redpacket"
-            else "direct" if msgtype in DIRECT_ONLY
+            "robot"
+            if msgtype in ROBOT_TYPES
+            else "group"
+            if msgtype in GROUP_ONLY
+            else "consent"
+            if msgtype in CONSENT_TYPES
+            else "external_any"
+            if msgtype == "external_redpacket"
+            else "internal_any"
+            if msgtype == "redpacket"
+            else "direct"
+            if msgtype in DIRECT_ONLY
             else None
         )
         if pool:
@@ -348,7 +367,9 @@ class TenantGenerator:
 
     # ------------------------------------------------------------------ messages
 
-    def _draft(self, msgtype: str, planned: Planned, conv: Conversation | None = None, sender: str | None = None) -> Draft:
+    def _draft(
+        self, msgtype: str, planned: Planned, conv: Conversation | None = None, sender: str | None = None
+    ) -> Draft:
         conv = conv or self._conversation(msgtype, planned.conversation)
         sender = sender or self._sender(msgtype, conv)
         msgtime = self.timeline.next()
@@ -449,7 +470,10 @@ class TenantGenerator:
         for _ in range(32):
             erk, ecm = self._encrypt(body, version)
             start, end = 60, len(ecm) - 20
-            junk = "".join(self.rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/") for _ in range(end - start))
+            junk = "".join(
+                self.rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+                for _ in range(end - start)
+            )
             bad = ecm[:start] + junk + ecm[end:]
             try:
                 decrypt_data(self._random_key(erk, version), bad)
@@ -491,7 +515,13 @@ class TenantGenerator:
             erk, ecm = self._encrypt(dumps(plaintext), version)
             answer = {"expected": "archived", "reason": None, "kind": expected_kind(plaintext), "plaintext": plaintext}
             self.msgtypes.add(plaintext.get("msgtype", "switch"))
-        record = {"seq": seq, "msgid": msgid, "publickey_ver": version, "encrypt_random_key": erk, "encrypt_chat_msg": ecm}
+        record = {
+            "seq": seq,
+            "msgid": msgid,
+            "publickey_ver": version,
+            "encrypt_random_key": erk,
+            "encrypt_chat_msg": ecm,
+        }
         out.chatdata.write(_jsonl(record))
         out.answer.write(_jsonl({"seq": seq, "msgid": msgid, "publickey_ver": version, **answer}))
 
