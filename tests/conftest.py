@@ -1,21 +1,34 @@
-"""Shared fixtures: every test gets its own master key outside the archive home."""
+"""Shared fixtures.
+
+The whole session gets one private config directory (so archives' master keys are
+created outside every archive home and never in the developer's own ~/.config), a
+simulated tenant, and one archive ingested from it through the official SDK, which
+read-only tests share.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+from pathlib import Path
 
 import pytest
 
+TENANT_MESSAGES = 400
+TENANT_SEED = 11
 
-@pytest.fixture(autouse=True)
-def _master_key(tmp_path_factory, monkeypatch):
-    keydir = tmp_path_factory.mktemp("keys")
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(keydir))
-    monkeypatch.delenv("WXARCHIVE_MASTER_KEY", raising=False)
-    monkeypatch.delenv("WXARCHIVE_MASTER_KEY_FILE", raising=False)
-    monkeypatch.delenv("WXARCHIVE_HOME", raising=False)
-    monkeypatch.delenv("WXARCHIVE_WECOM_SECRET", raising=False)
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment(tmp_path_factory):
+    saved = dict(os.environ)
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg-config"))
+    for var in ("WXARCHIVE_MASTER_KEY", "WXARCHIVE_MASTER_KEY_FILE", "WXARCHIVE_HOME",
+                "WXARCHIVE_WECOM_SECRET", "WXARCHIVE_TZ", "https_proxy", "HTTPS_PROXY"):
+        os.environ.pop(var, None)
     yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture
@@ -23,3 +36,45 @@ def master():
     from wxarchive.archive.keys import LocalMasterKey
 
     return LocalMasterKey(secrets.token_bytes(32), "test")
+
+
+@pytest.fixture(scope="session")
+def tenant(tmp_path_factory) -> Path:
+    from wxarchive.simulate.tenant import generate_tenant
+
+    d = tmp_path_factory.mktemp("tenant")
+    generate_tenant(d, messages=TENANT_MESSAGES, seed=TENANT_SEED)
+    return d
+
+
+def tenant_options(tenant: Path, proxy: str, **kw):
+    from wxarchive.ingest import WeComOptions
+
+    info = json.loads((tenant / "tenant.json").read_text())
+    keys = {int(p.stem.split("_v")[1]): p.read_bytes() for p in (tenant / "keys").glob("private_v*.pem")}
+    base = dict(corp_id=info["corp_id"], secret=(tenant / "secret").read_text().strip(), private_keys=keys,
+                proxy=proxy, limit=100, workers=2, retry_base=0.05)
+    base.update(kw)
+    return WeComOptions(**base)
+
+
+@pytest.fixture(scope="session")
+def ingested(tenant, tmp_path_factory) -> Path:
+    """An archive home holding the session tenant, ingested once (treat as read-only)."""
+    from wxarchive.archive.archive import Archive
+    from wxarchive.ingest import WeComCapture
+    from wxarchive.simulate.server import serve
+
+    home = tmp_path_factory.mktemp("ingested") / "home"
+    with serve(tenant) as sim, Archive.open(home, create=True) as ar:
+        result = WeComCapture(ar, tenant_options(tenant, sim.proxy_url)).run()
+    assert result.status == "ok", result.error
+    return home
+
+
+def answer_messages(tenant: Path) -> list[dict]:
+    return [json.loads(line) for line in (tenant / "answer" / "messages.jsonl").read_text().splitlines() if line]
+
+
+def answer_media(tenant: Path) -> list[dict]:
+    return [json.loads(line) for line in (tenant / "answer" / "media.jsonl").read_text().splitlines() if line]

@@ -21,25 +21,9 @@ from wxarchive.archive.status import status
 from wxarchive.demo import check_answer_key
 from wxarchive.ingest import WeComCapture, WeComOptions, apply, reindex
 from wxarchive.simulate.server import parse_fault_spec, serve
-from wxarchive.simulate.tenant import generate_tenant
-
-N = 400
-
-
-@pytest.fixture(scope="session")
-def tenant(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tenant")
-    generate_tenant(d, messages=N, seed=11)
-    return d
-
-
-def _opts(tenant: Path, proxy: str, **kw) -> WeComOptions:
-    info = json.loads((tenant / "tenant.json").read_text())
-    keys = {int(p.stem.split("_v")[1]): p.read_bytes() for p in (tenant / "keys").glob("private_v*.pem")}
-    base = dict(corp_id=info["corp_id"], secret=(tenant / "secret").read_text().strip(), private_keys=keys,
-                proxy=proxy, limit=100, workers=2, retry_base=0.05)
-    base.update(kw)
-    return WeComOptions(**base)
+from conftest import TENANT_MESSAGES as N
+from conftest import answer_messages as _answer
+from conftest import tenant_options as _opts
 
 
 def _ingest(home: Path, tenant: Path, faults: str = "", **kw):
@@ -49,10 +33,6 @@ def _ingest(home: Path, tenant: Path, faults: str = "", **kw):
             chk = check_answer_key(ar.catalog.engine, tenant)
             st = status(ar.catalog.engine)
         return result, chk, st, sim.stats
-
-
-def _answer(tenant: Path) -> list[dict]:
-    return [json.loads(line) for line in (tenant / "answer" / "messages.jsonl").read_text().splitlines() if line]
 
 
 def test_ingest_archives_exactly_the_answer_key(tmp_path, tenant):

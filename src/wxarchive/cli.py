@@ -175,6 +175,7 @@ def ingest_wecom(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decrypt processes [default: CPU count]."),
     poll_interval: float = typer.Option(15.0, "--poll-interval", min=0.1, help="Seconds between polls with --follow."),
     no_media: bool = typer.Option(False, "--no-media", help="Leave media pending (fetched by a later run)."),
+    retries: int = typer.Option(6, "--retries", min=1, max=50, help="Attempts per SDK call on transient errors (10001-10003)."),
 ) -> None:
     """Pull WeCom conversation archives through the official SDK into the archive."""
     from wxarchive.ingest import WeComCapture, WeComOptions
@@ -202,7 +203,7 @@ def ingest_wecom(
         corp_id=corp, secret=secret, private_keys=keys, proxy=proxy or w.get("proxy", ""), proxy_auth=auth,
         limit=limit or int(w.get("limit", 1000)), timeout=timeout or int(w.get("timeout", 10)),
         max_records=max_records, follow=follow, poll_interval=poll_interval, sdk_lib=lib,
-        workers=workers or w.get("workers"), fetch_media=not no_media,
+        workers=workers or w.get("workers"), fetch_media=not no_media, max_retries=retries,
     )
     archive, settings = _open_archive(create=True)
     _setup_logging(state.home)
