@@ -111,10 +111,11 @@ def single_loop(tenant: Path, proxy: str, limit_records: int) -> float:
             try:
                 key = ring.unwrap(it["publickey_ver"], it["encrypt_random_key"])
                 body = decrypt_data(lib, key, it["encrypt_chat_msg"])
-            except Exception:
+                json.loads(body)
+            except Exception:  # the wrappers log and skip a bad record
                 continue
-            json.loads(body)
-            db.execute("INSERT OR IGNORE INTO msg VALUES (?, ?, ?)", (it["msgid"], it["seq"], body.decode()))
+            db.execute("INSERT OR IGNORE INTO msg VALUES (?, ?, ?)",
+                       (it["msgid"], it["seq"], body.decode("utf-8", "replace")))
         db.commit()
     took = time.perf_counter() - t
     sdk.close()
