@@ -132,28 +132,40 @@ class Batch:
     def __init__(self, conn):
         self.conn = conn
         self._messages: list[tuple[Message, int, int | None]] = []
+        self._records: dict[tuple[str, str], dict[str, Any]] = {}
 
     def record(self, source: str, key: str, kind: str, raw_serial: int, cursor: str | None,
                state: str, reason: str | None = None) -> None:
-        stmt = sqlite_insert(s.records).values(
-            source=source, key=key, kind=kind, raw_serial=raw_serial, cursor=cursor, state=state, reason=reason
-        )
-        if state == "pending":
-            stmt = stmt.on_conflict_do_nothing()
-        else:
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["source", "key"], set_={"state": state, "reason": reason}
-            )
-        self.conn.execute(stmt)
+        """Note a raw record's state; written with the batch (one statement for all of them).
 
-    def records(self, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            self.conn.execute(sqlite_insert(s.records).on_conflict_do_nothing(), rows)
+        ``pending`` never overwrites an outcome (archived / quarantined) already recorded.
+        """
+        row = {"source": source, "key": key, "kind": kind, "raw_serial": raw_serial, "cursor": cursor,
+               "state": state, "reason": reason}
+        prev = self._records.get((source, key))
+        if prev is not None and state == "pending":
+            return
+        if prev is not None:
+            row["raw_serial"] = prev["raw_serial"]
+        self._records[(source, key)] = row
+
+    def _flush_records(self) -> None:
+        if not self._records:
+            return
+        rows, self._records = list(self._records.values()), {}
+        stmt = sqlite_insert(s.records)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["source", "key"],
+            set_={"state": stmt.excluded.state, "reason": stmt.excluded.reason},
+            where=stmt.excluded.state != "pending",
+        )
+        self.conn.execute(stmt, rows)
 
     def message(self, msg: Message, serial: int, raw_serial: int | None) -> None:
         self._messages.append((msg, serial, raw_serial))
 
     def flush(self) -> None:
+        self._flush_records()
         if not self._messages:
             return
         msgs, self._messages = self._messages, []
