@@ -127,6 +127,11 @@ def apply(archive: Archive, entries: list[Entry], parsed: dict[int, tuple[Messag
     """Bring the catalog up to the last of ``entries`` (in one transaction)."""
     if not entries:
         return
+    expected = archive.catalog.applied_serial() + 1
+    serials = [e.serial for e in entries]
+    if serials != list(range(expected, expected + len(entries))):
+        # The catalog must follow the journal without gaps, or a crash would hide entries from catch-up.
+        raise RuntimeError(f"catalog out of step with the journal: applying {serials[:3]}… after {expected - 1}")
     parsed = parsed or {}
     with archive.catalog.batch(entries[-1].serial) as b:
         for e in entries:
@@ -348,18 +353,24 @@ class WeComCapture:
             serial = self.archive.journal.append("wecom.chatdata", meta, data)
             written.append((Entry(serial, now, "wecom.chatdata", meta, data), item))
         self.archive.journal.sync()
+        # The catalog follows the journal in serial order (``applied_serial`` must never pass
+        # an entry it has not applied), so the raw items are registered as pending right away.
+        apply(self.archive, [e for e, _ in written])
         return written
 
-    def _decrypt(self, pool, raws: list[tuple[Entry, Any]], result: RunResult) -> list[Entry]:
-        """Decrypt and parse in the pool; journal each outcome. Returns entries to apply."""
-        source = self.opts.source
+    def _submit(self, pool, raws: list[tuple[Entry, Any]]) -> list:
+        """Start decrypting and parsing raw entries in the pool (chunks of about 250)."""
         work = [(e.data, _int(e.meta.get("cursor"))) for e, _ in raws]
-        n = max(1, len(work) // (2 * (self.opts.workers or os.cpu_count() or 1)) + 1)
-        chunks = [work[i : i + n] for i in range(0, len(work), n)]
-        futures = [pool.submit(_decrypt_and_parse, source, c) for c in chunks]
+        n = max(1, min(250, len(work) // (self.opts.workers or os.cpu_count() or 1) + 1))
+        return [pool.submit(_decrypt_and_parse, self.opts.source, work[i : i + n]) for i in range(0, len(work), n)]
+
+    def _collect(self, raws: list[tuple[Entry, Any]], futures: list, result: RunResult
+                 ) -> tuple[list[Entry], dict[int, tuple[Message | None, str | None]]]:
+        """Journal each outcome (plaintext or quarantine); returns the entries and parsed messages."""
+        source = self.opts.source
         outcomes = [o for f in futures for o in f.result()]
         entries: list[Entry] = []
-        self._parsed: dict[int, tuple[Message | None, str | None]] = {}
+        parsed: dict[int, tuple[Message | None, str | None]] = {}
         for (raw, _), (plaintext, derr, msg, perr) in zip(raws, outcomes):
             base = {"source": source, "key": raw.meta["key"], "cursor": raw.meta.get("cursor"),
                     "raw_serial": raw.serial}
@@ -372,13 +383,19 @@ class WeComCapture:
                 continue
             serial = self.archive.journal.append("wecom.message", base, plaintext)
             entries.append(Entry(serial, 0, "wecom.message", base, plaintext))
-            self._parsed[serial] = (msg, perr)
+            parsed[serial] = (msg, perr)
             if msg is None:
                 result.counts["quarantined"] += 1
                 log.warning("quarantined %s (seq %s): %s", raw.meta["key"], raw.meta.get("cursor"), perr)
             else:
                 result.counts["archived"] += 1
-        return entries
+        return entries, parsed
+
+    def _decrypt_apply(self, pool, raws: list[tuple[Entry, Any]], result: RunResult) -> None:
+        """Decrypt, journal outcomes, sync, apply: the unpipelined path (recovery and replay)."""
+        entries, parsed = self._collect(raws, self._submit(pool, raws), result)
+        self.archive.journal.sync()
+        apply(self.archive, entries, parsed)
 
     def _finish_pending(self, pool, result: RunResult) -> None:
         """Raw items journaled by a run that died before their outcome was journaled."""
@@ -390,9 +407,7 @@ class WeComCapture:
                 if e.serial in wanted]
         log.info("finishing %d raw records left pending by an interrupted run", len(raws))
         result.counts["recovered"] += len(raws)
-        entries = self._decrypt(pool, raws, result)
-        self.archive.journal.sync()
-        apply(self.archive, entries, self._parsed)
+        self._decrypt_apply(pool, raws, result)
 
     # -- media ---------------------------------------------------------------------------
 
@@ -512,42 +527,63 @@ class WeComCapture:
         return result
 
     def _loop(self, pool, cursor: int, result: RunResult) -> None:
+        """Pull, journal and decrypt batch n+1 while batch n is finished: a two-stage pipeline.
+
+        Batch n+1's raw items are durable before its decryption starts; batch n's cursor is
+        journaled only after batch n's outcomes, so the cursor never covers anything that is
+        not durable, whatever the interleaving.
+        """
         if self.replay is not None:
             self._loop_replay(pool, result)
             return
-        while not self.stop_requested:
-            items = self._pull(cursor)
-            if not items:
-                if self.opts.follow:
-                    self.progress("idle", {"cursor": cursor})
-                    self._sleep(self.opts.poll_interval)
-                    continue
-                return
-            if self.opts.max_records is not None:
-                room = self.opts.max_records - result.counts["pulled"]
-                items = items[: max(room, 0)]
-            result.counts["pulled"] += len(items)
-            seqs = [s for s in (_int(i.get("seq")) if isinstance(i, dict) else None for i in items) if s is not None]
-            if not seqs:
-                raise CaptureError(f"GetChatData from seq {cursor}: records carry no usable seq")
-            result.gaps += _count_gaps(cursor, sorted(seqs))
-            raws = self._journal_raw(items, result)
-            entries = [e for e, _ in raws]
-            entries += self._decrypt(pool, raws, result)
-            new_cursor = max(max(seqs), cursor)
-            cmeta = {"source": self.opts.source, "cursor": str(new_cursor)}
-            cserial = self.archive.journal.append("cursor", cmeta)
-            entries.append(Entry(cserial, 0, "cursor", cmeta, b""))
-            self.archive.journal.sync()
-            apply(self.archive, entries, self._parsed)
-            cursor = new_cursor
-            result.cursor = str(cursor)
-            self.progress("batch", {"pulled": len(items), "cursor": cursor, **result.counts})
-            self._check_lag(raws, result)
-            if self.opts.fetch_media:
-                self.fetch_media(result)
-            if self.opts.max_records is not None and result.counts["pulled"] >= self.opts.max_records:
-                return
+        pulled_to = cursor  # largest seq pulled (in memory); ``cursor`` is the durable one
+        inflight: _Batch | None = None
+        while True:
+            items: list[dict[str, Any]] = []
+            room = None if self.opts.max_records is None else self.opts.max_records - result.counts["pulled"]
+            if not self.stop_requested and (room is None or room > 0):
+                try:
+                    items = self._pull(pulled_to)
+                except CaptureError:
+                    if inflight is not None:  # what was pulled before the error is kept
+                        self._finish(inflight, result)
+                    raise
+                if room is not None:
+                    items = items[:room]
+            batch = None
+            if items:
+                result.counts["pulled"] += len(items)
+                seqs = sorted(s for s in (_int(i.get("seq")) if isinstance(i, dict) else None for i in items)
+                              if s is not None)
+                if not seqs:
+                    raise CaptureError(f"GetChatData from seq {pulled_to}: records carry no usable seq")
+                result.gaps += _count_gaps(pulled_to, seqs)
+                raws = self._journal_raw(items, result)
+                batch = _Batch(raws, self._submit(pool, raws), max(seqs[-1], pulled_to), len(items))
+                pulled_to = batch.cursor
+            if inflight is not None:
+                cursor = self._finish(inflight, result)
+            inflight = batch
+            if batch is not None:
+                continue
+            if self.opts.follow and not self.stop_requested and (room is None or room > 0):
+                self.progress("idle", {"cursor": cursor})
+                self._sleep(self.opts.poll_interval)
+                continue
+            return
+
+    def _finish(self, batch: _Batch, result: RunResult) -> int:
+        entries, parsed = self._collect(batch.raws, batch.futures, result)
+        cmeta = {"source": self.opts.source, "cursor": str(batch.cursor)}
+        entries.append(Entry(self.archive.journal.append("cursor", cmeta), 0, "cursor", cmeta, b""))
+        self.archive.journal.sync()
+        apply(self.archive, entries, parsed)
+        result.cursor = str(batch.cursor)
+        self.progress("batch", {"pulled": batch.pulled, "cursor": batch.cursor, **result.counts})
+        self._check_lag(parsed, result)
+        if self.opts.fetch_media:
+            self.fetch_media(result)
+        return batch.cursor
 
     def _loop_replay(self, pool, result: RunResult) -> None:
         """Raw items saved elsewhere: archived and deduplicated, but the live cursor is untouched."""
@@ -555,19 +591,16 @@ class WeComCapture:
             if self.stop_requested:
                 return
             result.counts["pulled"] += len(items)
-            raws = self._journal_raw(items, result)
-            entries = [e for e, _ in raws] + self._decrypt(pool, raws, result)
-            self.archive.journal.sync()
-            apply(self.archive, entries, self._parsed)
+            self._decrypt_apply(pool, self._journal_raw(items, result), result)
             self.progress("batch", {"pulled": len(items), **result.counts})
             if self.opts.secret and self.opts.fetch_media:
                 self.fetch_media(result)
 
-    def _check_lag(self, raws: list[tuple[Entry, Any]], result: RunResult) -> None:
+    def _check_lag(self, parsed: dict[int, tuple[Message | None, str | None]], result: RunResult) -> None:
         if not self.opts.follow or result.lag_warned:
             return
         newest = None
-        for msg, _ in self._parsed.values():
+        for msg, _ in parsed.values():
             if msg is not None and msg.sent_at is not None:
                 newest = msg.sent_at if newest is None else max(newest, msg.sent_at)
         if newest is not None and time.time() * 1000 - newest > LAG_WARN_MS:
@@ -597,6 +630,16 @@ class WeComCapture:
 
 class _MediaFailure(Exception):
     pass
+
+
+@dataclass
+class _Batch:
+    """A pulled batch whose raw items are durable and whose decryption is under way."""
+
+    raws: list[tuple[Entry, Any]]
+    futures: list
+    cursor: int  # the largest seq this batch covers
+    pulled: int
 
 
 def _count_gaps(cursor: int, seqs: list[int]) -> int:
