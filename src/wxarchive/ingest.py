@@ -46,6 +46,7 @@ from wxarchive.model import AttachmentState, Message
 
 log = logging.getLogger("wxarchive.ingest")
 
+_ITEM_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 TOKEN_ERRCODES = {40001, 40014, 41001, 42001}
 RETRYABLE_SDK = {10001, 10002, 10003}
 RATE_LIMIT_CALLS = 600
@@ -347,7 +348,7 @@ class WeComCapture:
                 result.counts["duplicates"] += 1
                 continue
             seen.add(key)
-            data = json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+            data = _ITEM_ENCODER.encode(item).encode()
             meta = {"source": source, "key": key, "cursor": str(item.get("seq")) if isinstance(item, dict) else None,
                     "received_at": now}
             serial = self.archive.journal.append("wecom.chatdata", meta, data)

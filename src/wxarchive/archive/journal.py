@@ -33,7 +33,7 @@ import os
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ GENESIS_HASH = b"\0" * 32
 SEGMENT_BYTES = 64 * 1024 * 1024
 _HEAD = struct.Struct(">QQH")
 _U32 = struct.Struct(">I")
+_META_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 class JournalError(Exception):
@@ -256,7 +257,7 @@ class Journal:
         t = at if at is not None else int(time.time() * 1000)
         kb = kind.encode("ascii")
         head = _HEAD.pack(serial, t, len(kb)) + kb
-        m = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+        m = _META_ENCODER.encode(meta).encode()
         nonce = os.urandom(12)
         ct = self._aead.encrypt(nonce, _U32.pack(len(m)) + m + data, head)
         h = chain_hash(self.head_hash, head, nonce, ct)

@@ -31,8 +31,27 @@ def _on_connect(dbapi_conn, _record) -> None:
     cur.close()
 
 
+_INSERT_MESSAGE = (
+    "INSERT OR IGNORE INTO messages (source, msgid, seq, conversation_id, conversation_kind, sender, "
+    "recipients, sent_at, kind, source_type, action, text, content, reply_to, recalls, flags, raw_serial, serial) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_RECORD = (
+    "INSERT INTO records (source, key, kind, raw_serial, cursor, state, reason) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (source, key) DO UPDATE SET state = excluded.state, reason = excluded.reason "
+    "WHERE excluded.state != 'pending'"
+)
+_INSERT_ATTACHMENT = (
+    "INSERT OR IGNORE INTO attachments (message_id, path, kind, file_name, media_type, declared_size, "
+    "declared_md5, source_ref, state, reason, sha256, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _dumps(v: Any) -> str:
-    return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(v)
 
 
 class Catalog:
@@ -153,13 +172,10 @@ class Batch:
         if not self._records:
             return
         rows, self._records = list(self._records.values()), {}
-        stmt = sqlite_insert(s.records)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["source", "key"],
-            set_={"state": stmt.excluded.state, "reason": stmt.excluded.reason},
-            where=stmt.excluded.state != "pending",
-        )
-        self.conn.execute(stmt, rows)
+        cur = self.conn.connection.driver_connection.cursor()
+        cur.executemany(_UPSERT_RECORD, [
+            (r["source"], r["key"], r["kind"], r["raw_serial"], r["cursor"], r["state"], r["reason"]) for r in rows
+        ])
 
     def message(self, msg: Message, serial: int, raw_serial: int | None) -> None:
         self._messages.append((msg, serial, raw_serial))
@@ -169,50 +185,28 @@ class Batch:
         if not self._messages:
             return
         msgs, self._messages = self._messages, []
-        conn = self.conn
-        rows = [
-            {
-                "source": m.source, "msgid": m.msgid, "seq": m.seq, "conversation_id": m.conversation_id,
-                "conversation_kind": m.conversation_kind, "sender": m.sender,
-                "recipients": _dumps(m.recipients), "sent_at": m.sent_at, "kind": m.kind.value,
-                "source_type": m.source_type, "action": m.action, "text": m.text,
-                "content": _dumps(m.content), "reply_to": m.reply_to, "recalls": m.recalls,
-                "recalled_by": None, "flags": _dumps(m.flags), "raw_serial": raw, "serial": ser,
-            }
-            for m, ser, raw in msgs
-        ]
-        conn.execute(sqlite_insert(s.messages).on_conflict_do_nothing(), rows)
-        keys = [(m.source, m.msgid) for m, _, _ in msgs]
-        ids: dict[tuple[str, str], int] = {}
-        by_source: dict[str, list[str]] = {}
-        for src, mid in keys:
-            by_source.setdefault(src, []).append(mid)
-        for src, mids in by_source.items():
-            for i in range(0, len(mids), 500):
-                q = select(s.messages.c.id, s.messages.c.msgid, s.messages.c.serial).where(
-                    s.messages.c.source == src, s.messages.c.msgid.in_(mids[i : i + 500])
-                )
-                for id_, mid, ser in conn.execute(q):
-                    ids[(src, mid)] = (id_, ser)
-        new = [(m, ids[(m.source, m.msgid)][0]) for m, ser, _ in msgs if ids[(m.source, m.msgid)][1] == ser]
+        # The hot path of every ingest: plain DB-API calls on the transaction's connection
+        # (SQLAlchemy's per-row parameter processing cost more than SQLite itself).
+        cur = self.conn.connection.driver_connection.cursor()
+        new: list[tuple[Message, int]] = []
+        for m, ser, raw in msgs:
+            cur.execute(_INSERT_MESSAGE, (
+                m.source, m.msgid, m.seq, m.conversation_id, m.conversation_kind, m.sender,
+                _dumps(m.recipients), m.sent_at, m.kind.value, m.source_type, m.action, m.text,
+                _dumps(m.content), m.reply_to, m.recalls, _dumps(m.flags), raw, ser,
+            ))
+            if cur.rowcount == 1:  # 0: already archived (idempotent re-apply)
+                new.append((m, cur.lastrowid))
         if not new:
             return
-        conn.execute(
-            text("INSERT INTO messages_fts(rowid, text) VALUES (:id, :text)"),
-            [{"id": i, "text": m.text} for m, i in new if m.text],
-        )
-        att_rows = [
-            {
-                "message_id": i, "path": a.path, "kind": a.kind, "file_name": a.file_name,
-                "media_type": a.media_type, "declared_size": a.declared_size, "declared_md5": a.declared_md5,
-                "source_ref": a.source_ref, "state": a.state.value, "reason": a.reason, "sha256": a.sha256,
-                "size": a.size,
-            }
+        cur.executemany("INSERT INTO messages_fts(rowid, text) VALUES (?, ?)",
+                        [(i, m.text) for m, i in new if m.text])
+        cur.executemany(_INSERT_ATTACHMENT, [
+            (i, a.path, a.kind, a.file_name, a.media_type, a.declared_size, a.declared_md5, a.source_ref,
+             a.state.value, a.reason, a.sha256, a.size)
             for m, i in new
             for a in m.attachments
-        ]
-        if att_rows:
-            conn.execute(sqlite_insert(s.attachments).on_conflict_do_nothing(), att_rows)
+        ])
         self._link_recalls([m for m, _ in new])
         self._conversations([m for m, _ in new])
         self._participants([m for m, _ in new])
