@@ -47,6 +47,22 @@ _INSERT_ATTACHMENT = (
 )
 
 
+_UPSERT_CONVERSATION = (
+    "INSERT INTO conversations (source, id, kind, title, first_at, last_at, message_count) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, id) DO UPDATE SET "
+    "message_count = message_count + excluded.message_count, "
+    "first_at = coalesce(min(first_at, excluded.first_at), excluded.first_at), "
+    "last_at = coalesce(max(last_at, excluded.last_at), excluded.last_at), "
+    "title = coalesce(title, excluded.title)"
+)
+_UPSERT_PARTICIPANT = (
+    "INSERT INTO participants (source, id, kind, first_seen, last_seen, message_count) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (source, id) DO UPDATE SET "
+    "message_count = message_count + excluded.message_count, "
+    "first_seen = coalesce(min(first_seen, excluded.first_seen), excluded.first_seen), "
+    "last_seen = coalesce(max(last_seen, excluded.last_seen), excluded.last_seen)"
+)
+
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
@@ -233,64 +249,55 @@ class Batch:
                 )
 
     def _conversations(self, msgs: list[Message]) -> None:
-        agg: dict[tuple[str, str], dict[str, Any]] = {}
+        # (kind, title, first_at, last_at, count) per conversation of the batch
+        agg: dict[tuple[str, str], list[Any]] = {}
         for m in msgs:
-            a = agg.setdefault(
-                (m.source, m.conversation_id),
-                {"source": m.source, "id": m.conversation_id, "kind": m.conversation_kind,
-                 "title": m.content.get("room_name") if isinstance(m.content, dict) else None,
-                 "first_at": None, "last_at": None, "message_count": 0},
-            )
-            a["message_count"] += 1
-            if m.sent_at is not None:
-                a["first_at"] = m.sent_at if a["first_at"] is None else min(a["first_at"], m.sent_at)
-                a["last_at"] = m.sent_at if a["last_at"] is None else max(a["last_at"], m.sent_at)
-        if not agg:
-            return
-        t = s.conversations
-        stmt = sqlite_insert(t)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["source", "id"],
-            set_={
-                "message_count": t.c.message_count + stmt.excluded.message_count,
-                "first_at": func.coalesce(func.min(t.c.first_at, stmt.excluded.first_at), stmt.excluded.first_at),
-                "last_at": func.coalesce(func.max(t.c.last_at, stmt.excluded.last_at), stmt.excluded.last_at),
-                "title": func.coalesce(t.c.title, stmt.excluded.title),
-            },
-        )
-        self.conn.execute(stmt, list(agg.values()))
+            t = m.sent_at
+            a = agg.get((m.source, m.conversation_id))
+            if a is None:
+                title = m.content.get("room_name") if isinstance(m.content, dict) else None
+                agg[(m.source, m.conversation_id)] = [m.conversation_kind, title, t, t, 1]
+                continue
+            a[4] += 1
+            if a[1] is None and isinstance(m.content, dict):
+                a[1] = m.content.get("room_name")
+            if t is not None:
+                a[2] = t if a[2] is None or t < a[2] else a[2]
+                a[3] = t if a[3] is None or t > a[3] else a[3]
+        if agg:
+            cur = self.conn.connection.driver_connection.cursor()
+            cur.executemany(_UPSERT_CONVERSATION, [(src, cid, *a) for (src, cid), a in agg.items()])
 
     def _participants(self, msgs: list[Message]) -> None:
         from wxarchive.model import participant_kind
 
-        agg: dict[tuple[str, str], dict[str, Any]] = {}
+        # [first_seen, last_seen, messages sent] per participant of the batch
+        agg: dict[tuple[str, str], list[Any]] = {}
         for m in msgs:
-            for pid, sent in [(m.sender, True)] + [(r, False) for r in m.recipients]:
+            t, src = m.sent_at, m.source
+            if m.sender:
+                a = agg.get((src, m.sender))
+                if a is None:
+                    agg[(src, m.sender)] = [t, t, 1]
+                else:
+                    a[2] += 1
+                    if t is not None:
+                        a[0] = t if a[0] is None or t < a[0] else a[0]
+                        a[1] = t if a[1] is None or t > a[1] else a[1]
+            for pid in m.recipients:
                 if not pid:
                     continue
-                a = agg.setdefault(
-                    (m.source, pid),
-                    {"source": m.source, "id": pid, "kind": participant_kind(pid), "display_name": None,
-                     "first_seen": m.sent_at, "last_seen": m.sent_at, "message_count": 0},
-                )
-                if sent:
-                    a["message_count"] += 1
-                if m.sent_at is not None:
-                    a["first_seen"] = m.sent_at if a["first_seen"] is None else min(a["first_seen"], m.sent_at)
-                    a["last_seen"] = m.sent_at if a["last_seen"] is None else max(a["last_seen"], m.sent_at)
-        if not agg:
-            return
-        t = s.participants
-        stmt = sqlite_insert(t)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["source", "id"],
-            set_={
-                "message_count": t.c.message_count + stmt.excluded.message_count,
-                "first_seen": func.coalesce(func.min(t.c.first_seen, stmt.excluded.first_seen), stmt.excluded.first_seen),
-                "last_seen": func.coalesce(func.max(t.c.last_seen, stmt.excluded.last_seen), stmt.excluded.last_seen),
-            },
-        )
-        self.conn.execute(stmt, list(agg.values()))
+                a = agg.get((src, pid))
+                if a is None:
+                    agg[(src, pid)] = [t, t, 0]
+                elif t is not None:
+                    a[0] = t if a[0] is None or t < a[0] else a[0]
+                    a[1] = t if a[1] is None or t > a[1] else a[1]
+        if agg:
+            cur = self.conn.connection.driver_connection.cursor()
+            cur.executemany(_UPSERT_PARTICIPANT, [
+                (src, pid, participant_kind(pid), *a) for (src, pid), a in agg.items()
+            ])
 
     def attachment_result(self, source: str, msgid: str, path: str, state: str, reason: str | None,
                           sha256: str | None, size: int | None) -> None:

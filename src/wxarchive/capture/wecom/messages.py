@@ -18,7 +18,6 @@ Two invariants matter beyond the shape:
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import mimetypes
@@ -53,6 +52,8 @@ _MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: anything later is not
 _SECONDS_GUARD = 10**11  # a "seconds" value above this is already milliseconds
 _CHINA = ZoneInfo("Asia/Shanghai")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_DECODER = json.JSONDecoder(parse_constant=str)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _NUMBER = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
 _REDACTED = "<redacted>"
 _REF_IN_TEXT = re.compile(
@@ -173,6 +174,23 @@ def _guess_type(*names: Any) -> str | None:
 # ----------------------------------------------------------------------- text hygiene
 
 
+def _copy_tree(value: Any) -> Any:
+    """Deep copy of a JSON tree (dicts, lists, scalars): ``copy.deepcopy`` at a fraction of the cost."""
+    if isinstance(value, dict):
+        return {k: _copy_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_tree(v) for v in value]
+    return value
+
+
+def _clean_loaded(text: str, value: Any) -> tuple[Any, bool]:
+    """``_clean_surrogates`` of ``value``, parsed from the JSON ``text``, skipping the walk
+    when the text holds no surrogate escape and no surrogate (the only ways to get one)."""
+    if _SURROGATE_ESCAPE.search(text) is None and _SURROGATE.search(text) is None:
+        return value, False
+    return _clean_surrogates(value)
+
+
 def _clean_surrogates(value: Any) -> tuple[Any, bool]:
     """Replace lone surrogates (from escapes like ``\\ud83d``) with U+FFFD everywhere.
 
@@ -210,7 +228,7 @@ def _dumps(value: Any) -> str:
 
 def _loads(text: str) -> Any:
     """``json.loads`` that keeps NaN/Infinity as strings, so content stays strict JSON."""
-    return json.loads(text, parse_constant=str)
+    return _DECODER.decode(text)
 
 
 def _is_secret(value: Any) -> bool:
@@ -739,7 +757,7 @@ def _nested_content(raw: dict[str, Any], ctx: _Ctx) -> tuple[Any, bool]:
     """
     value = raw.get("content")
     if not isinstance(value, str):
-        return copy.deepcopy(value), False
+        return _copy_tree(value), False
     try:
         parsed = _loads(value)
     except (ValueError, RecursionError):
@@ -747,7 +765,7 @@ def _nested_content(raw: dict[str, Any], ctx: _Ctx) -> tuple[Any, bool]:
         masked = _redact(value, loose=True)
         raw["content"] = masked
         return masked, True
-    parsed, has_surrogates = _clean_surrogates(parsed)
+    parsed, has_surrogates = _clean_loaded(value, parsed)
     if has_surrogates:
         ctx.flag("invalid_text")
     return parsed, False
@@ -812,7 +830,7 @@ def _parse(plaintext: bytes, source: str, seq: int | None) -> Message:
     flags: list[str] = []
     text = _decode(plaintext, flags)
     original = _load_object(text)
-    record, broken = _clean_surrogates(original)
+    record, broken = _clean_loaded(text, original)
     extra: dict[str, Any] = {}
     if broken:
         flags.append("invalid_text")
@@ -937,7 +955,7 @@ def _known(spec: _Spec, rest: dict[str, Any], msgtype: str, ctx: _Ctx) -> dict[s
     key = next((k for k in (spec.key, msgtype, "info") if k and k in rest), spec.key)
     raw_body = rest.get(key)
     if isinstance(raw_body, dict):
-        body: Any = copy.deepcopy(raw_body)
+        body: Any = _copy_tree(raw_body)
         fields = spec.handler(body, ctx)
     else:
         ctx.flag("malformed_content")
@@ -963,7 +981,7 @@ def _other(rest: dict[str, Any], msgtype: str, ctx: _Ctx) -> dict[str, Any]:
     """
     body = rest.get(msgtype) if msgtype else None
     if isinstance(body, dict) and _is_secret(body.get("sdkfileid")):
-        body = copy.deepcopy(body)
+        body = _copy_tree(body)
         _attach_unmodelled(body, ctx, "file")
         rest = {**rest, msgtype: body}
     ctx.text(*_strings(rest))
