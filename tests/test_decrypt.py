@@ -461,8 +461,28 @@ def test_record_errors_have_clear_reasons_without_content(keys, ring) -> None:
     for reason, item in cases.items():
         err = _reason(item, ring)
         assert err.reason == reason and err.code is None
-    wrong_key = _reason({**good, "publickey_ver": 2}, ring)  # encrypted for v1, labelled v2
-    assert wrong_key.code == 10008 and wrong_key.reason.startswith("DecryptData 10008: ")
+    # Encrypted for v1, labelled v2. Which way RSA with the wrong key fails depends on the
+    # ciphertext: below key 2's modulus it returns junk (implicit rejection) and DecryptData
+    # then fails with 10008; at or above it RSA itself refuses. Both are asserted.
+    n2 = keys[2].public_key().public_numbers().n
+    # A junk key passes DecryptData's padding check about once in 256 tries; that record is
+    # then caught by the parser (not JSON), so take the first wrongly keyed one that fails here.
+    wrong_keyed = [{**it, "publickey_ver": 2} for it in
+                   (_item(keys, 1, json.dumps({"t": secret_text}, ensure_ascii=False).encode(), seed)
+                    for seed in range(20))
+                   if int.from_bytes(base64.b64decode(it["encrypt_random_key"]), "big") < n2]
+    failures = []
+    for it in wrong_keyed:
+        try:
+            decrypt_record(it, ring, decrypt_data_py)
+        except RecordError as e:
+            failures.append(e)
+    assert len(failures) >= len(wrong_keyed) - 2 and failures
+    wrong_key = failures[0]
+    assert all(f.code == 10008 and f.reason.startswith("DecryptData 10008: ") for f in failures)
+    at_modulus = base64.b64encode(n2.to_bytes(256, "big")).decode()
+    rsa_refused = _reason({**good, "publickey_ver": 2, "encrypt_random_key": at_modulus}, ring)
+    assert rsa_refused.reason == "RSA decryption failed with the publickey_ver 2 key" and rsa_refused.code is None
     for err in (wrong_key, _reason({**good, "encrypt_chat_msg": good["encrypt_chat_msg"][:60]}, ring)):
         assert secret_text not in err.reason and good["encrypt_chat_msg"][:45] not in err.reason
 
