@@ -83,11 +83,13 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _open_archive(create: bool = False):
+def _open_archive(create: bool = False, readonly: bool = False):
+    """The archive and its settings: readers pass ``readonly`` (no lock, no writes)."""
     from wxarchive.archive.archive import Archive
 
     settings = cfg.load_settings(state.home) if state.home.exists() else cfg.Settings()
-    return Archive.open(state.home, create=create, master_key_file=settings.archive.get("master_key_file")), settings
+    return Archive.open(state.home, create=create, master_key_file=settings.archive.get("master_key_file"),
+                        readonly=readonly), settings
 
 
 # ---- simulate ---------------------------------------------------------------------------
@@ -269,7 +271,7 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-reada
     """Cursor, counts by kind, quarantine, media states and reconciliation."""
     from wxarchive.archive.status import status
 
-    archive, settings = _open_archive()
+    archive, settings = _open_archive(readonly=True)
     st = status(archive.catalog.engine, settings.timezone)
     archive.close()
     if as_json:
@@ -326,7 +328,7 @@ def search_cmd(
     """Find messages: substring text search plus filters."""
     from wxarchive.search.query import count, search
 
-    archive, settings = _open_archive()
+    archive, settings = _open_archive(readonly=True)
     tz = settings.timezone
     q = _query(text, sender, kind, conversation, since, until, has_attachment, tz, limit)
     if count_only:
@@ -364,7 +366,7 @@ def show_cmd(conversation: str = typer.Argument(..., help="Conversation id (room
     """Print a conversation's transcript in time order."""
     from wxarchive.search.query import Query, search
 
-    archive, settings = _open_archive()
+    archive, settings = _open_archive(readonly=True)
     rows = list(search(archive.catalog.engine, Query(conversation=conversation), settings.timezone))
     archive.close()
     if not rows:
@@ -383,6 +385,80 @@ def reindex_cmd() -> None:
     n = reindex(archive)
     archive.close()
     out.print(f"catalog rebuilt from {n} journal entries")
+
+
+@app.command("verify")
+def verify_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable report."),
+    against: Optional[Path] = typer.Option(None, "--against-checkpoint", help="An exported checkpoint (an auditor's copy) the archive must still extend."),
+    no_blobs: bool = typer.Option(False, "--no-blobs", help="Skip re-reading media blobs."),
+    no_catalog: bool = typer.Option(False, "--no-catalog", help="Skip checking the catalog against the journal."),
+) -> None:
+    """Re-read everything and check hashes, chain, signatures, blobs and catalog.
+
+    Exit 0 intact, 1 tampered or damaged (the first problem named with its entry and
+    offset), 2 could not run.
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from wxarchive.archive.verify import CannotVerify, identify, verify_archive
+
+    settings = cfg.load_settings(state.home) if state.home.exists() else cfg.Settings()
+    try:
+        archive_id, master = identify(state.home, settings.archive.get("master_key_file"))
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=err, transient=True, disable=as_json) as bar:
+            task = bar.add_task("verifying", total=None)
+            report = verify_archive(state.home, master, archive_id, against=against, blobs=not no_blobs,
+                                    catalog=not no_catalog,
+                                    progress=lambda stage, n: bar.update(task, description=f"{stage} {n}"))
+    except CannotVerify as e:
+        fail(str(e), 2)
+    if as_json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        out.print(f"journal: {report.entries} entries in {report.segments} segments, head {report.head_serial} "
+                  f"({report.head_hash[:16]}…); checkpoints {report.checkpoints}; blobs {report.blobs}; "
+                  f"catalog messages checked {report.catalog_messages}", highlight=False)
+        for note in report.notes:
+            out.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+        if report.ok:
+            out.print("[green]intact[/]" + (f": extends {against}" if against else ""))
+        else:
+            for p in report.problems:
+                out.print(p.line(), highlight=False, markup=False, soft_wrap=True)
+            if report.more_problems:
+                out.print(f"... and {report.more_problems} more problem(s)")
+            err.print(f"[bold red]NOT intact:[/] {len(report.problems) + report.more_problems} problem(s); "
+                      f"first: {report.problems[0].line()}", highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("checkpoint")
+def checkpoint_cmd(
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Also write a copy, with the public key, for an auditor."),
+) -> None:
+    """Sign the journal's head now (Ed25519) and optionally export the checkpoint."""
+    archive, _ = _open_archive()
+    try:
+        cp = archive.checkpoint(force=True)
+    finally:
+        archive.close()
+    if cp is None:
+        fail("the journal is empty: nothing to sign yet", 1)
+    out.print(f"checkpoint: entry {cp.serial}, hash {cp.head_hash}, key {cp.key_fingerprint[:16]}…", highlight=False)
+    if out_file is not None:
+        from dataclasses import replace
+
+        from wxarchive.archive.checkpoints import public_pem
+
+        try:
+            out_file.write_text(replace(cp, public_key=public_pem(archive.signer.public)).to_json(with_public_key=True))
+        except OSError as e:
+            fail(f"--out {out_file}: cannot write ({e.strerror or e.__class__.__name__})")
+        out.print(f"exported to {out_file}: later, 'wxarchive verify --against-checkpoint {out_file}'",
+                  highlight=False)
 
 
 @app.command("demo")

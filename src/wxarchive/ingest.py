@@ -579,6 +579,7 @@ class WeComCapture:
         entries.append(Entry(self.archive.journal.append("cursor", cmeta), 0, "cursor", cmeta, b""))
         self.archive.journal.sync()
         apply(self.archive, entries, parsed)
+        self.archive.maybe_checkpoint()
         result.cursor = str(batch.cursor)
         self.progress("batch", {"pulled": batch.pulled, "cursor": batch.cursor, **result.counts})
         self._check_lag(parsed, result)

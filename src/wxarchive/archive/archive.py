@@ -4,14 +4,21 @@ Layout of ``<home>``::
 
     archive.json      archive id, format version (no secrets)
     config.toml       optional settings (see wxarchive.config)
-    journal/          segments (seg-*.wxj) and wrapped data keys (keys/)
+    journal/          segments (seg-*.wxj), wrapped data keys (keys/), signed checkpoints (checkpoints/)
+    keys/             the archive's Ed25519 signing key (wrapped) and signing.pub for auditors
     blobs/            encrypted media, content-addressed
     catalog.db        the derived SQLite catalog (plaintext text and metadata: see docs/security.md)
     logs/             operational logs: no message text, keys, secrets or sdkfileids
+    writer.lock       held (flock) by the one process that may write: ingest, reindex, ...
+
+One writer at a time: opening for writing takes an exclusive lock on ``writer.lock`` and
+refuses if another process holds it. Readers (status, search, show, verify) open
+read-only: they never repair, append or sign, so they are safe beside a running ingest.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -21,6 +28,7 @@ from pathlib import Path
 
 from wxarchive.archive.blobs import BlobStore
 from wxarchive.archive.catalog.sqlite import Catalog
+from wxarchive.archive.checkpoints import CHECKPOINT_EVERY, Checkpoint, Signer, list_checkpoints, write_checkpoint
 from wxarchive.archive.journal import Journal
 from wxarchive.archive.keys import LocalMasterKey, load_master_key, master_key_for_new_archive
 
@@ -39,9 +47,25 @@ class Archive:
     journal: Journal
     blobs: BlobStore
     catalog: Catalog
+    signer: Signer | None  # None when opened read-only
+    last_checkpoint: int = 0  # serial of the newest checkpoint written
+    lock_fd: int | None = None  # the writer lock, held while open for writing
+
+    @property
+    def readonly(self) -> bool:
+        return self.lock_fd is None
 
     @classmethod
-    def open(cls, home: Path, *, create: bool = False, master_key_file: str | None = None) -> Archive:
+    def open(cls, home: Path, *, create: bool = False, master_key_file: str | None = None,
+             readonly: bool = False) -> Archive:
+        """Open (or with ``create`` make) the archive at ``home``.
+
+        A writer takes the archive's writer lock first (:class:`ArchiveError` if another
+        process holds it) and then repairs a torn journal tail; ``readonly`` opens take
+        no lock and change nothing.
+        """
+        if create and readonly:
+            raise ValueError("an archive cannot be created read-only")
         info_path = home / "archive.json"
         if not info_path.exists():
             if not create:
@@ -64,17 +88,71 @@ class Archive:
             if info.get("format") != FORMAT:
                 raise ArchiveError(f"{info_path}: archive format {info.get('format')} is not supported")
             master = load_master_key(info["archive_id"], master_key_file)
-        journal = Journal.open(home / "journal", master)
-        blobs = BlobStore(home / "blobs", master)
-        catalog = Catalog.open(home / "catalog.db")
-        return cls(home, info["archive_id"], master, journal, blobs, catalog)
+        lock_fd = None if readonly else _take_writer_lock(home)
+        try:
+            journal = Journal.open(home / "journal", master, readonly=readonly)
+            blobs = BlobStore(home / "blobs", master)
+            catalog = Catalog.open(home / "catalog.db")
+            signer = None if readonly else Signer.load_or_create(home / "keys", master)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        cps = list_checkpoints(journal.dir)
+        last = int(cps[-1].stem.split("-")[1]) if cps else 0
+        return cls(home, info["archive_id"], master, journal, blobs, catalog, signer, last, lock_fd)
+
+    def checkpoint(self, force: bool = False) -> Checkpoint | None:
+        """Sign the journal head (after making it durable), unless a checkpoint covers it already."""
+        j = self.journal
+        if self.signer is None:
+            raise ArchiveError(f"{self.home}: opened read-only, cannot sign a checkpoint")
+        if j.head_serial == 0 or (j.head_serial <= self.last_checkpoint and not force):
+            return None
+        j.sync()
+        cp = self.signer.sign(self.archive_id, j.head_serial, j.head_hash, j.head_segment())
+        write_checkpoint(j.dir, cp)
+        self.last_checkpoint = j.head_serial
+        return cp
+
+    def maybe_checkpoint(self) -> None:
+        """During long captures: a checkpoint every ``CHECKPOINT_EVERY`` entries."""
+        if self.journal.head_serial - self.last_checkpoint >= CHECKPOINT_EVERY:
+            self.checkpoint()
 
     def close(self) -> None:
-        self.journal.close()
-        self.catalog.close()
+        try:
+            if not self.readonly:
+                self.checkpoint()
+            self.journal.close()
+            self.catalog.close()
+        finally:
+            if self.lock_fd is not None:
+                os.close(self.lock_fd)  # releases the flock
+                self.lock_fd = None
 
     def __enter__(self) -> Archive:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _take_writer_lock(home: Path) -> int:
+    """An exclusive, non-blocking flock on ``<home>/writer.lock``; its fd, held until close."""
+    path = home / "writer.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        finally:
+            os.close(fd)
+        raise ArchiveError(
+            f"{home}: another wxarchive process{f' (pid {holder})' if holder else ''} is writing to this "
+            "archive; wait for it to finish or stop it"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

@@ -152,11 +152,18 @@ class Journal:
         self._seg_bytes = 0
         self._aead_cache: dict[str, AESGCM] = {}
         self._dirty = False
+        self.readonly = False
 
     # ---- opening -------------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: Path, master: MasterKeyProvider) -> Journal:
+    def open(cls, directory: Path, master: MasterKeyProvider, *, readonly: bool = False) -> Journal:
+        """Open for appending (repairing a torn tail first), or ``readonly`` to only read:
+        then nothing is created or cut, so a reader is safe beside a running writer."""
+        if readonly:
+            j = cls(directory, master)
+            j.readonly = True
+            return j
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "keys").mkdir(exist_ok=True)
         j = cls(directory, master)
@@ -249,6 +256,8 @@ class Journal:
         self, kind: str, meta: dict[str, Any], data: bytes = b"", *, at: int | None = None
     ) -> int:
         """Append one entry (buffered: call ``sync`` before relying on it). Returns its serial."""
+        if self.readonly:
+            raise JournalError(f"{self.dir}: opened read-only")
         if self._file is None:
             self._open_tail()
         elif self._seg_bytes >= SEGMENT_BYTES:
@@ -267,6 +276,13 @@ class Journal:
         self.head_serial, self.head_hash = serial, h
         self._dirty = True
         return serial
+
+    def head_segment(self) -> str:
+        """File name of the segment holding the newest entry."""
+        if self._segment is not None:
+            return self._segment.name
+        segs = self.segments()
+        return segs[-1].name if segs else ""
 
     def sync(self) -> None:
         """Make every appended entry durable (flush + fsync)."""

@@ -1,0 +1,477 @@
+"""``wxarchive verify``: re-read everything and prove the archive is intact, or say where it is not.
+
+Checks, reading the files directly and changing nothing (no torn-tail repair, the
+catalog opened read-only):
+
+- **journal**: segment headers (magic, name = first serial, previous segment's last
+  hash), every frame's serial (from 1, no gaps, no repeats), its SHA-256 chain hash,
+  and its AES-256-GCM authentication under the segment's data key (which also
+  authenticates serial, time and kind); the metadata must be JSON;
+- **keys**: every segment's wrapped data key opens with the master key;
+- **checkpoints**: every signed checkpoint's Ed25519 signature under the archive's key,
+  and that the journal still holds the entry it signed, with that hash; with
+  ``against``, the same for an auditor's exported copy;
+- **blobs**: every blob opens and its content hashes to its name; every attachment the
+  catalog calls present has its blob;
+- **catalog**: it reflects no entry the journal lacks (applied serial <= head), every
+  message row points at a ``wecom.message`` entry of the same msgid, every such entry
+  is a message row or a quarantined record, every raw record has a journal entry of
+  the same key, and none is missing (merge joins in serial order: bounded memory).
+
+The first problem names the file, the entry's serial and its byte offset.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from wxarchive.archive.blobs import BlobError, BlobStore
+from wxarchive.archive.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    fingerprint,
+    list_checkpoints,
+    load_public_pem,
+    read_checkpoint,
+    signature_ok,
+)
+from wxarchive.archive.journal import (
+    GENESIS_HASH,
+    MAGIC,
+    Frame,
+    JournalError,
+    chain_hash,
+    iter_frames,
+    read_segment_header,
+)
+from wxarchive.archive.keys import KeyError_, MasterKeyProvider, load_master_key
+
+MAX_PROBLEMS = 100
+_U32 = 4
+
+
+@dataclass
+class Problem:
+    check: str  # journal | keys | checkpoint | blob | catalog
+    file: str
+    detail: str
+    serial: int | None = None
+    offset: int | None = None
+
+    def line(self) -> str:
+        where = self.file
+        if self.serial is not None:
+            where += f" entry {self.serial}"
+        if self.offset is not None:
+            where += f" at offset {self.offset}"
+        return f"{self.check}: {where}: {self.detail}"
+
+
+@dataclass
+class Report:
+    entries: int = 0
+    segments: int = 0
+    head_serial: int = 0
+    head_hash: str = GENESIS_HASH.hex()
+    checkpoints: int = 0
+    blobs: int = 0
+    catalog_messages: int = 0  # message rows checked against the journal
+    notes: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    more_problems: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, p: Problem) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(p)
+        else:
+            self.more_problems += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        d["problems"] = [{**asdict(p), "line": p.line()} for p in self.problems]
+        return d
+
+
+class CannotVerify(Exception):
+    """Verification could not run at all (no archive, wrong master key): exit 2."""
+
+
+ProgressFn = Callable[[str, int], None]
+
+
+def _noop(stage: str, n: int) -> None:
+    pass
+
+
+# ---- journal ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Seen:
+    """What the journal walk hands to the catalog check, in serial order."""
+
+    serial: int
+    kind: str
+    source: str | None
+    key: str | None
+    blob: str | None = None  # sha256 of the media a ``media`` entry says was stored
+
+
+class _JournalWalk:
+    def __init__(self, journal_dir: Path, master: MasterKeyProvider, report: Report,
+                 wanted_hashes: set[int], progress: ProgressFn):
+        self.dir = journal_dir
+        self.master = master
+        self.report = report
+        self.wanted = wanted_hashes
+        self.hashes: dict[int, tuple[bytes, str]] = {}  # serial -> (hash, segment) for checkpoints
+        self.progress = progress
+        self.key_failures = 0
+        self.keys_opened = 0
+
+    def _aead(self, seg: Path) -> AESGCM | None:
+        kp = self.dir / "keys" / (seg.stem + ".key")
+        try:
+            wrapped = kp.read_bytes()
+        except FileNotFoundError:
+            self.report.add(Problem("keys", f"keys/{kp.name}", f"the data key of {seg.name} is missing"))
+            return None
+        try:
+            key = self.master.unwrap(wrapped)
+        except (KeyError_, ValueError):
+            self.key_failures += 1
+            self.report.add(Problem("keys", f"keys/{kp.name}",
+                                    f"the data key of {seg.name} does not open (altered, or another master key)"))
+            return None
+        if len(key) != 32:
+            self.report.add(Problem("keys", f"keys/{kp.name}", "the data key has the wrong length"))
+            return None
+        self.keys_opened += 1
+        return AESGCM(key)
+
+    def walk(self) -> Iterator[_Seen]:
+        r = self.report
+        segs = sorted(self.dir.glob("seg-*.wxj"))
+        stray = [p.name for p in self.dir.iterdir() if p.is_file() and p.suffix != ".wxj"
+                 and not p.name.startswith(".")]
+        for name in stray:
+            r.notes.append(f"journal/{name}: not a segment (ignored)")
+        prev, expected = GENESIS_HASH, 1
+        r.segments = len(segs)
+        for i, seg in enumerate(segs):
+            name = f"journal/{seg.name}"
+            try:
+                first = int(seg.stem.split("-")[1])
+            except (IndexError, ValueError):
+                r.add(Problem("journal", name, "segment name does not carry its first serial"))
+                first = expected
+            try:
+                with open(seg, "rb") as f:
+                    header = read_segment_header(f)
+                hdr_first = int(header["first_serial"])
+                hdr_prev = bytes.fromhex(header["prev_hash"])
+            except (JournalError, OSError, ValueError, KeyError, TypeError) as e:
+                r.add(Problem("journal", name, f"segment header unreadable ({e.__class__.__name__})", offset=0))
+                continue
+            if first != hdr_first:
+                r.add(Problem("journal", name, f"segment name says it starts at entry {first}, its header "
+                                               f"{hdr_first} (renamed or swapped)", serial=hdr_first, offset=0))
+            if hdr_first > expected:
+                r.add(Problem("journal", name, f"entries {expected} to {hdr_first - 1} are missing before it "
+                                               f"(journal/seg-{expected:012d}.wxj deleted or cut short?)",
+                              serial=hdr_first, offset=0))
+            elif hdr_first < expected:
+                r.add(Problem("journal", name, f"starts at entry {hdr_first}, but entries up to {expected - 1} "
+                                               "came before it (duplicated or reordered)", serial=hdr_first, offset=0))
+            elif hdr_prev != prev:
+                r.add(Problem("journal", name, "segment header does not chain to the previous segment's last entry",
+                              serial=hdr_first, offset=0))
+            # go on from what this segment says of itself: one problem per break, not a cascade
+            prev, expected = hdr_prev, hdr_first
+            aead = self._aead(seg)
+            last_segment = i == len(segs) - 1
+            for fr in iter_frames(seg):
+                if isinstance(fr, tuple):
+                    if last_segment:
+                        r.notes.append(f"{name}: incomplete final frame at offset {fr[1]} "
+                                       "(a crash mid-write; cut off at the next open)")
+                    else:
+                        r.add(Problem("journal", name, "truncated frame inside the journal", offset=fr[1]))
+                    break
+                seen = self._frame(fr, name, prev, expected, aead)
+                prev, expected = fr.hash, fr.serial + 1
+                if seen is not None:
+                    yield seen
+        r.head_serial, r.head_hash = expected - 1, prev.hex()
+
+    def _frame(self, fr: Frame, name: str, prev: bytes, expected: int, aead: AESGCM | None) -> _Seen | None:
+        r = self.report
+        r.entries += 1
+        if r.entries % 50_000 == 0:
+            self.progress("journal", r.entries)
+        if fr.serial != expected:
+            r.add(Problem("journal", name, f"serial out of order (expected {expected})", fr.serial, fr.offset))
+        if chain_hash(prev, fr.head, fr.nonce, fr.ciphertext) != fr.hash:
+            r.add(Problem("journal", name, "hash chain broken (entry altered, inserted, removed or reordered)",
+                          fr.serial, fr.offset))
+        if fr.serial in self.wanted:
+            self.hashes[fr.serial] = (fr.hash, fr.segment.name)
+        if aead is None:
+            return _Seen(fr.serial, fr.kind, None, None)
+        try:
+            pt = aead.decrypt(fr.nonce, fr.ciphertext, fr.head)
+        except InvalidTag:
+            r.add(Problem("journal", name, "fails authentication (content altered)", fr.serial, fr.offset))
+            return None
+        try:
+            n = int.from_bytes(pt[:_U32], "big")
+            meta = json.loads(pt[_U32 : _U32 + n])
+            if not isinstance(meta, dict):
+                raise ValueError
+        except ValueError:
+            r.add(Problem("journal", name, "metadata is not a JSON object", fr.serial, fr.offset))
+            return None
+        blob = meta.get("sha256") if fr.kind == "media" and meta.get("state") == "present" else None
+        return _Seen(fr.serial, fr.kind, meta.get("source"), meta.get("key"), blob if isinstance(blob, str) else None)
+
+
+# ---- checkpoints ------------------------------------------------------------------------
+
+
+def _load_checkpoints(home: Path, report: Report) -> list[tuple[str, Checkpoint]]:
+    out = []
+    for p in list_checkpoints(home / "journal"):
+        try:
+            out.append((f"journal/checkpoints/{p.name}", read_checkpoint(p)))
+        except CheckpointError as e:
+            report.add(Problem("checkpoint", f"journal/checkpoints/{p.name}", str(e).split(": ", 1)[-1]))
+    return out
+
+
+def _check_checkpoint(name: str, cp: Checkpoint, public, archive_id: str, walk: _JournalWalk,
+                      report: Report) -> None:
+    if public is None or not signature_ok(cp, public):
+        report.add(Problem("checkpoint", name, "signature does not verify under the archive's signing key",
+                           cp.serial))
+        return
+    if cp.archive_id != archive_id:
+        report.add(Problem("checkpoint", name, f"signed for archive {cp.archive_id}, not {archive_id}", cp.serial))
+        return
+    if cp.serial > report.head_serial:
+        report.add(Problem("checkpoint", name, f"signed entry {cp.serial} but the journal ends at "
+                                               f"{report.head_serial} (entries removed)", cp.serial))
+        return
+    got = walk.hashes.get(cp.serial)
+    if got is None or got[0].hex() != cp.head_hash:
+        report.add(Problem("checkpoint", name, "the journal no longer holds the entry this checkpoint signed "
+                                               "(history rewritten)", cp.serial))
+
+
+# ---- blobs ------------------------------------------------------------------------------
+
+
+def _check_blobs(home: Path, master: MasterKeyProvider, report: Report, progress: ProgressFn) -> set[str]:
+    store = BlobStore(home / "blobs", master)
+    good: set[str] = set()
+    for p in sorted((home / "blobs").rglob("*")):
+        if not p.is_file():
+            continue
+        rel = str(p.relative_to(home))
+        name = p.name
+        if ".tmp" in name:
+            report.notes.append(f"{rel}: unfinished temporary file (ignored)")
+            continue
+        if len(name) != 64 or any(c not in "0123456789abcdef" for c in name) or p != store.path(name):
+            report.add(Problem("blob", rel, "not a blob name (or stored under the wrong folder)"))
+            continue
+        report.blobs += 1
+        if report.blobs % 1000 == 0:
+            progress("blobs", report.blobs)
+        try:
+            store.get(name)
+        except (BlobError, KeyError_, ValueError) as e:
+            report.add(Problem("blob", rel, str(e).split(": ", 1)[-1]))
+            continue
+        good.add(name)
+    return good
+
+
+# ---- catalog ----------------------------------------------------------------------------
+
+
+class _CatalogCheck:
+    """Merge joins, in serial order, of the journal's entries (fed one by one as the journal
+    is walked) against the catalog's rows: bounded memory however large the archive."""
+
+    def __init__(self, db_path: Path, report: Report):
+        self.name, self.report = db_path.name, report
+        self.con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        row = self.con.execute("SELECT value FROM meta WHERE key = 'applied_serial'").fetchone()
+        self.applied = int(row[0]) if row else 0
+        self.quarantined = {(src, key) for src, key in self.con.execute(
+            "SELECT source, key FROM records WHERE state = 'quarantined'")}
+        self.messages = self.con.execute(
+            "SELECT serial, source, msgid FROM messages ORDER BY serial")
+        self.records = self.con.execute(
+            "SELECT raw_serial, source, key FROM records WHERE kind = 'wecom.chatdata' ORDER BY raw_serial")
+        self.msg_row = next(self.messages, None)
+        self.rec_row = next(self.records, None)
+
+    def _problem(self, detail: str, serial: int | None) -> None:
+        self.report.add(Problem("catalog", self.name, detail, serial))
+
+    def feed(self, s: _Seen) -> None:
+        if s.serial > self.applied:
+            return
+        if s.kind == "wecom.message":
+            self.msg_row = self._join(self.messages, self.msg_row, s, "message")
+        elif s.kind == "wecom.chatdata":
+            self.rec_row = self._join(self.records, self.rec_row, s, "raw record")
+
+    def _join(self, cursor, row, s: _Seen, what: str):
+        while row is not None and row[0] < s.serial:
+            self._problem(f"{what} {row[2]} has no journal entry {row[0]}", row[0])
+            self.report.catalog_messages += what == "message"
+            row = next(cursor, None)
+        if row is None or row[0] != s.serial:
+            if what == "raw record" or (s.source, s.key) not in self.quarantined:
+                self._problem(f"journal {what} {s.key} is missing from the catalog", s.serial)
+            return row
+        if (row[1], row[2]) != (s.source, s.key):
+            self._problem(f"{what} {row[2]} does not match journal entry {s.serial} ({s.key})", s.serial)
+        self.report.catalog_messages += what == "message"
+        return next(cursor, None)
+
+    def finish(self, good_blobs: set[str] | None) -> None:
+        if self.applied > self.report.head_serial:
+            self._problem(f"reflects journal entries up to {self.applied} but the journal ends at "
+                          f"{self.report.head_serial} (entries removed)", None)
+        for cursor, row, what in ((self.messages, self.msg_row, "message"), (self.records, self.rec_row, "raw record")):
+            while row is not None:
+                self._problem(f"{what} {row[2]} has no journal entry {row[0]}", row[0])
+                self.report.catalog_messages += what == "message"
+                row = next(cursor, None)
+        if good_blobs is not None:
+            for sha, msgid in self.con.execute(
+                    "SELECT a.sha256, m.msgid FROM attachments a JOIN messages m ON m.id = a.message_id "
+                    "WHERE a.state = 'present'"):
+                if sha not in good_blobs:
+                    self.report.add(Problem("blob", f"blobs/{(sha or '')[:2]}/{(sha or '')[2:4]}/{sha}",
+                                            f"attachment of message {msgid} is missing or damaged"))
+
+    def close(self) -> None:
+        self.con.close()
+
+
+# ---- the whole archive ------------------------------------------------------------------
+
+
+def identify(home: Path, master_key_file: str | None = None) -> tuple[str, MasterKeyProvider]:
+    """The archive id and master key, read without opening (or repairing) anything else."""
+    info_path = home / "archive.json"
+    try:
+        info = json.loads(info_path.read_text())
+        archive_id = str(info["archive_id"])
+    except FileNotFoundError:
+        raise CannotVerify(f"no archive at {home} (no archive.json)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CannotVerify(f"{info_path}: unreadable ({e.__class__.__name__})") from None
+    try:
+        return archive_id, load_master_key(archive_id, master_key_file)
+    except KeyError_ as e:
+        raise CannotVerify(str(e)) from None
+
+
+def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
+                   against: Path | None = None, blobs: bool = True, catalog: bool = True,
+                   progress: ProgressFn = _noop) -> Report:
+    report = Report()
+    journal_dir = home / "journal"
+    if not journal_dir.is_dir():
+        raise CannotVerify(f"{home}: no journal directory")
+    cps = _load_checkpoints(home, report)
+    external: Checkpoint | None = None
+    if against is not None:
+        try:
+            external = read_checkpoint(against)
+        except CheckpointError as e:
+            raise CannotVerify(str(e)) from None
+    public = None
+    pub_path = home / "keys" / "signing.pub"
+    try:
+        public = load_public_pem(pub_path.read_text(), str(pub_path))
+    except (OSError, CheckpointError):
+        if cps or external:
+            report.add(Problem("checkpoint", "keys/signing.pub", "the archive's public key is missing or unreadable"))
+    wanted = {cp.serial for _, cp in cps} | ({external.serial} if external else set())
+    walk = _JournalWalk(journal_dir, master, report, wanted, progress)
+    check: _CatalogCheck | None = None
+    try:
+        if catalog and (home / "catalog.db").exists():
+            try:
+                check = _CatalogCheck(home / "catalog.db", report)
+            except sqlite3.Error as e:
+                report.add(Problem("catalog", "catalog.db", f"unreadable ({e})"))
+        journal_blobs: dict[str, int] = {}  # sha256 -> first entry saying it was stored
+        try:
+            for seen in walk.walk():
+                if seen.blob is not None:
+                    journal_blobs.setdefault(seen.blob, seen.serial)
+                if check is not None:
+                    check.feed(seen)
+        except sqlite3.Error as e:
+            report.add(Problem("catalog", "catalog.db", f"unreadable ({e})"))
+            check = None
+        if walk.key_failures and not walk.keys_opened:
+            raise CannotVerify("the master key opens none of the journal's data keys: wrong master key "
+                               "(set WXARCHIVE_MASTER_KEY_FILE), or every key file was replaced")
+        progress("journal", report.entries)
+        report.checkpoints = len(cps)
+        for name, cp in cps:
+            _check_checkpoint(name, cp, public, archive_id, walk, report)
+        if external is not None:
+            _check_external(str(against), external, public, archive_id, walk, report)
+        good = _check_blobs(home, master, report, progress) if blobs else None
+        if good is not None:
+            for sha, serial in journal_blobs.items():
+                if sha not in good:
+                    report.add(Problem("blob", f"blobs/{sha[:2]}/{sha[2:4]}/{sha}",
+                                       f"stored per journal entry {serial}, but missing or damaged", serial))
+        if check is not None:
+            try:
+                check.finish(good)
+            except sqlite3.Error as e:
+                report.add(Problem("catalog", "catalog.db", f"unreadable ({e})"))
+    finally:
+        if check is not None:
+            check.close()
+    return report
+
+
+def _check_external(name: str, cp: Checkpoint, public, archive_id: str, walk: _JournalWalk,
+                    report: Report) -> None:
+    """An auditor's exported checkpoint: signed by this archive's key, and still extended."""
+    if cp.public_key:
+        try:
+            embedded = load_public_pem(cp.public_key, name)
+        except CheckpointError:
+            report.add(Problem("checkpoint", name, "its public key is unreadable", cp.serial))
+            return
+        if public is None or fingerprint(embedded) != fingerprint(public):
+            report.add(Problem("checkpoint", name, "was signed by another key than this archive's "
+                                                   "(the archive's signing key was replaced?)", cp.serial))
+            return
+    _check_checkpoint(name, cp, public, archive_id, walk, report)

@@ -1,0 +1,114 @@
+"""The archive facade: one writer at a time, readers that change nothing, signed checkpoints."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from wxarchive.archive.archive import Archive, ArchiveError
+from wxarchive.archive.checkpoints import list_checkpoints, read_checkpoint, signature_ok
+from wxarchive.archive.journal import JournalError
+
+
+def _hold_writer(home, ready, release):
+    with Archive.open(home):
+        ready.set()
+        release.wait(30)
+
+
+@pytest.fixture
+def home(tmp_path):
+    h = tmp_path / "home"
+    with Archive.open(h, create=True) as ar:
+        for i in range(5):
+            ar.journal.append("test.record", {"source": "s", "key": f"k{i}"}, b"x" * 10)
+    return h
+
+
+def test_second_writer_is_refused_with_the_holders_pid(home):
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold_writer, args=(home, ready, release))
+    p.start()
+    try:
+        assert ready.wait(20)
+        with pytest.raises(ArchiveError, match=rf"another wxarchive process \(pid {p.pid}\) is writing"):
+            Archive.open(home)
+        with Archive.open(home, readonly=True) as ar:  # readers are welcome meanwhile
+            assert [e.key for e in ar.journal.entries()] == [f"k{i}" for i in range(5)]
+    finally:
+        release.set()
+        p.join(20)
+    with Archive.open(home) as ar:  # the lock went with the holder
+        assert ar.journal.head_serial == 5
+
+
+def test_lock_is_released_when_the_holder_dies(home):
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold_writer, args=(home, ready, release))
+    p.start()
+    assert ready.wait(20)
+    p.kill()
+    p.join(20)
+    with Archive.open(home) as ar:
+        assert ar.journal.head_serial == 5
+
+
+def test_reader_never_cuts_a_frame_being_written(home):
+    """A reader opening beside a writer mid-frame must not 'repair' the writer's tail."""
+    with Archive.open(home, readonly=True) as ar:
+        seg = ar.journal.segments()[-1]
+    whole = seg.read_bytes()
+    seg.write_bytes(whole + b"\x00\x00\x01\x00partial")  # the first bytes of a frame in flight
+    with Archive.open(home, readonly=True) as ar:
+        assert len(list(ar.journal.entries())) == 5
+        with pytest.raises(JournalError, match="read-only"):
+            ar.journal.append("test.record", {}, b"")
+        with pytest.raises(ArchiveError, match="read-only"):
+            ar.checkpoint()
+    assert seg.read_bytes() == whole + b"\x00\x00\x01\x00partial"
+
+
+def test_reader_writes_no_checkpoint_and_no_lock(home):
+    before = sorted(p.relative_to(home) for p in home.rglob("*") if "catalog.db" not in p.name)
+    stamps = {p: p.stat().st_mtime_ns for p in home.rglob("*") if p.is_file() and "catalog.db" not in p.name}
+    with Archive.open(home, readonly=True):
+        pass
+    after = sorted(p.relative_to(home) for p in home.rglob("*") if "catalog.db" not in p.name)
+    assert before == after
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+
+def test_closing_a_writer_signs_the_head(home):
+    with Archive.open(home, readonly=True) as ar:
+        head, head_hash = None, None
+        for e in ar.journal.entries():
+            head, head_hash = e.serial, e.hash
+        cps = list_checkpoints(ar.journal.dir)
+        archive_id = ar.archive_id
+    assert head == 5
+    cp = read_checkpoint(cps[-1])
+    assert (cp.archive_id, cp.serial, cp.head_hash) == (archive_id, 5, head_hash.hex())
+    from wxarchive.archive.checkpoints import load_public_pem
+
+    public = load_public_pem((home / "keys" / "signing.pub").read_text(), "signing.pub")
+    assert signature_ok(cp, public)
+    forged = json.loads(cps[-1].read_text())
+    forged["serial"] = 4
+    cps[-1].write_text(json.dumps(forged))
+    assert not signature_ok(read_checkpoint(cps[-1]), public)
+
+
+def test_signing_key_is_stored_only_wrapped(home):
+    raw = (home / "keys" / "signing.key").read_bytes()
+    with Archive.open(home) as ar:
+        from cryptography.hazmat.primitives import serialization
+
+        private = ar.signer.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                                  serialization.NoEncryption())
+    assert private not in raw and len(raw) > len(private)
+    assert oct(os.stat(home / "keys" / "signing.key").st_mode & 0o777) == "0o600"
