@@ -73,8 +73,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from wxarchive.capture.wecom.sdk import SdkError, SdkLoadError
     from wxarchive.ingest import CaptureError
     from wxarchive.search.query import QueryError
+    from wxarchive.archive.audit import AuditError
 
-    return (cfg.ConfigError, ArchiveError, BlobError, JournalError, KeyError_, KeyLoadError, SdkError,
+    return (cfg.ConfigError, ArchiveError, AuditError, BlobError, JournalError, KeyError_, KeyLoadError, SdkError,
             SdkLoadError, CaptureError, QueryError)
 
 
@@ -272,8 +273,11 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-reada
     from wxarchive.archive.status import status
 
     archive, settings = _open_archive(readonly=True)
-    st = status(archive.catalog.engine, settings.timezone)
-    archive.close()
+    try:
+        st = status(archive.catalog.engine, settings.timezone)
+        archive.access_log().record("status", results=st["messages"])
+    finally:
+        archive.close()
     if as_json:
         print(json.dumps(st, ensure_ascii=False, indent=2))
         return
@@ -331,8 +335,14 @@ def search_cmd(
     archive, settings = _open_archive(readonly=True)
     tz = settings.timezone
     q = _query(text, sender, kind, conversation, since, until, has_attachment, tz, limit)
+    # the read is recorded before anything is shown; if it cannot be, nothing is shown
+    found = count(archive.catalog.engine, q)
+    query = {"text": text, "sender": sender, "type": kind, "conversation": conversation, "since": since,
+             "until": until, "has_attachment": has_attachment or None, "limit": limit, "count_only": count_only or None}
+    archive.access_log().record("search", query={k: v for k, v in query.items() if v is not None},
+                                results=min(found, limit) if limit else found)
     if count_only:
-        print(count(archive.catalog.engine, q))
+        print(found)
         archive.close()
         return
     n = 0
@@ -367,8 +377,11 @@ def show_cmd(conversation: str = typer.Argument(..., help="Conversation id (room
     from wxarchive.search.query import Query, search
 
     archive, settings = _open_archive(readonly=True)
-    rows = list(search(archive.catalog.engine, Query(conversation=conversation), settings.timezone))
-    archive.close()
+    try:
+        rows = list(search(archive.catalog.engine, Query(conversation=conversation), settings.timezone))
+        archive.access_log().record("show", query={"conversation": conversation}, results=len(rows))
+    finally:
+        archive.close()
     if not rows:
         fail(f"no conversation {conversation!r} in the archive (see 'wxarchive search --json' for ids)", 1)
     for r in rows:
@@ -414,6 +427,14 @@ def verify_cmd(
                                     progress=lambda stage, n: bar.update(task, description=f"{stage} {n}"))
     except CannotVerify as e:
         fail(str(e), 2)
+    from wxarchive.archive.audit import AccessLog, AuditError
+
+    try:  # verify shows no content; a damaged access log must not hide its own report
+        AccessLog(state.home, master, archive_id).record(
+            "verify", query={"against_checkpoint": str(against)} if against else {},
+            results=len(report.problems) + report.more_problems)
+    except AuditError as e:
+        err.print(f"[yellow]warning:[/] {e}", highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:
@@ -433,6 +454,45 @@ def verify_cmd(
                       f"first: {report.problems[0].line()}", highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command("audit")
+def audit_cmd(
+    since: Optional[str] = typer.Option(None, "--since", help="From this date/time (inclusive)."),
+    until: Optional[str] = typer.Option(None, "--until", help="Up to this date (inclusive) or time (exclusive)."),
+    user: Optional[str] = typer.Option(None, "--user", help="Only this account (or on-behalf-of user)."),
+    action: Optional[str] = typer.Option(None, "--action", help="Only this action: search, show, export, status, verify, audit."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """List the access audit log: who searched, viewed or exported what, and when."""
+    from wxarchive.model import iso_time
+    from wxarchive.search.query import parse_when
+
+    archive, settings = _open_archive(readonly=True)
+    tz = settings.timezone
+    try:
+        log = archive.access_log()
+        lo = parse_when(since, tz) if since else None
+        hi = parse_when(until, tz, end=True) if until else None
+        events = list(log.events(since=lo, until=hi, who=user, action=action))
+        log.record("audit", query={k: v for k, v in {"since": since, "until": until, "user": user,
+                                                       "action": action}.items() if v},
+                   results=len(events))
+    finally:
+        archive.close()
+    for ev in events:
+        d = ev.to_dict()
+        d["at"] = iso_time(ev.at, tz)
+        if as_json:
+            print(json.dumps(d, ensure_ascii=False))
+            continue
+        who = ev.who + (f" for {ev.on_behalf_of}" if ev.on_behalf_of else "")
+        q = " ".join(f"{k}={v!r}" for k, v in ev.query.items())
+        files = f", {len(ev.files)} file(s)" if ev.files else ""
+        out.print(f"{d['at']}  #{ev.serial}  {who}  {ev.action}  {q}  -> {ev.results if ev.results is not None else '-'}"
+                  f"{files}", highlight=False, markup=False, soft_wrap=True)
+    if not as_json:
+        err.print(f"{len(events)} event(s)")
 
 
 @app.command("checkpoint")

@@ -8,6 +8,7 @@ Layout of ``<home>``::
     keys/             the archive's Ed25519 signing key (wrapped) and signing.pub for auditors
     blobs/            encrypted media, content-addressed
     catalog.db        the derived SQLite catalog (plaintext text and metadata: see docs/security.md)
+    audit/            the access audit log (who read what), hash-chained and signed like the journal
     logs/             operational logs: no message text, keys, secrets or sdkfileids
     writer.lock       held (flock) by the one process that may write: ingest, reindex, ...
 
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from wxarchive.archive.audit import AccessLog
 from wxarchive.archive.blobs import BlobStore
 from wxarchive.archive.catalog.sqlite import Catalog
 from wxarchive.archive.checkpoints import CHECKPOINT_EVERY, Checkpoint, Signer, list_checkpoints, write_checkpoint
@@ -114,6 +116,10 @@ class Archive:
         write_checkpoint(j.dir, cp)
         self.last_checkpoint = j.head_serial
         return cp
+
+    def access_log(self) -> AccessLog:
+        """The access audit log (readers append to it too: it has its own lock)."""
+        return AccessLog(self.home, self.master, self.archive_id)
 
     def maybe_checkpoint(self) -> None:
         """During long captures: a checkpoint every ``CHECKPOINT_EVERY`` entries."""

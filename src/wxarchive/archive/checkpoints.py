@@ -83,7 +83,8 @@ def load_public_pem(text: str, origin: str) -> Ed25519PublicKey:
     return key
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write a small file atomically and durably (temp file, fsync, rename, fsync dir)."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
@@ -107,22 +108,29 @@ class Signer:
         self.fingerprint = fingerprint(self.public)
 
     @classmethod
+    def load(cls, keys_dir: Path, master: MasterKeyProvider) -> Signer | None:
+        """The archive's signing key if it has one (nothing is created)."""
+        wrapped_path = keys_dir / "signing.key"
+        if not wrapped_path.exists():
+            return None
+        try:
+            return cls(Ed25519PrivateKey.from_private_bytes(master.unwrap(wrapped_path.read_bytes())))
+        except (KeyError_, ValueError):
+            raise KeyError_(f"{wrapped_path}: the signing key does not open with this master key") from None
+
+    @classmethod
     def load_or_create(cls, keys_dir: Path, master: MasterKeyProvider) -> Signer:
         keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         wrapped_path, pub_path = keys_dir / "signing.key", keys_dir / "signing.pub"
-        if wrapped_path.exists():
-            try:
-                raw = master.unwrap(wrapped_path.read_bytes())
-                private = Ed25519PrivateKey.from_private_bytes(raw)
-            except (KeyError_, ValueError):
-                raise KeyError_(f"{wrapped_path}: the signing key does not open with this master key") from None
-            return cls(private)
+        existing = cls.load(keys_dir, master)
+        if existing is not None:
+            return existing
         private = Ed25519PrivateKey.generate()
         raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                     serialization.NoEncryption())
         signer = cls(private)
-        _write_atomic(pub_path, public_pem(signer.public).encode(), 0o644)
-        _write_atomic(wrapped_path, master.wrap(raw))
+        write_atomic(pub_path, public_pem(signer.public).encode(), 0o644)
+        write_atomic(wrapped_path, master.wrap(raw))
         return signer
 
     def sign(self, archive_id: str, serial: int, head_hash: bytes, segment: str) -> Checkpoint:
@@ -138,7 +146,7 @@ def write_checkpoint(journal_dir: Path, cp: Checkpoint) -> Path:
     d = checkpoint_dir(journal_dir)
     d.mkdir(exist_ok=True)
     path = d / f"cp-{cp.serial:012d}.json"
-    _write_atomic(path, cp.to_json().encode(), 0o644)
+    write_atomic(path, cp.to_json().encode(), 0o644)
     return path
 
 

@@ -153,6 +153,7 @@ class Journal:
         self._aead_cache: dict[str, AESGCM] = {}
         self._dirty = False
         self.readonly = False
+        self.segment_bytes: int | None = None  # None: the module's SEGMENT_BYTES
 
     # ---- opening -------------------------------------------------------------------
 
@@ -244,7 +245,7 @@ class Journal:
 
     def _open_tail(self) -> None:
         segs = self.segments()
-        if not segs or segs[-1].stat().st_size >= SEGMENT_BYTES:
+        if not segs or segs[-1].stat().st_size >= (self.segment_bytes or SEGMENT_BYTES):
             self._start_segment()
             return
         self._segment = segs[-1]
@@ -260,7 +261,7 @@ class Journal:
             raise JournalError(f"{self.dir}: opened read-only")
         if self._file is None:
             self._open_tail()
-        elif self._seg_bytes >= SEGMENT_BYTES:
+        elif self._seg_bytes >= (self.segment_bytes or SEGMENT_BYTES):
             self._start_segment()
         serial = self.head_serial + 1
         t = at if at is not None else int(time.time() * 1000)

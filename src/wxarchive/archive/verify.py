@@ -13,6 +13,8 @@ catalog opened read-only):
   ``against``, the same for an auditor's exported copy;
 - **blobs**: every blob opens and its content hashes to its name; every attachment the
   catalog calls present has its blob;
+- **audit**: the access audit log gets the journal's checks, and its signed head must
+  verify and match the log's last entry (an entry cut off the end is caught);
 - **catalog**: it reflects no entry the journal lacks (applied serial <= head), every
   message row points at a ``wecom.message`` entry of the same msgid, every such entry
   is a message row or a quarantined record, every raw record has a journal entry of
@@ -55,12 +57,13 @@ from wxarchive.archive.journal import (
 from wxarchive.archive.keys import KeyError_, MasterKeyProvider, load_master_key
 
 MAX_PROBLEMS = 100
+_KNOWN_FILES = {"append.lock", "head.json"}  # the access log's lock and signed head
 _U32 = 4
 
 
 @dataclass
 class Problem:
-    check: str  # journal | keys | checkpoint | blob | catalog
+    check: str  # journal | keys | checkpoint | blob | catalog | audit
     file: str
     detail: str
     serial: int | None = None
@@ -84,6 +87,7 @@ class Report:
     checkpoints: int = 0
     blobs: int = 0
     catalog_messages: int = 0  # message rows checked against the journal
+    audit_entries: int = 0  # entries of the access audit log
     notes: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     more_problems: int = 0
@@ -132,8 +136,9 @@ class _Seen:
 
 class _JournalWalk:
     def __init__(self, journal_dir: Path, master: MasterKeyProvider, report: Report,
-                 wanted_hashes: set[int], progress: ProgressFn):
+                 wanted_hashes: set[int], progress: ProgressFn, label: str = "journal"):
         self.dir = journal_dir
+        self.label = label
         self.master = master
         self.report = report
         self.wanted = wanted_hashes
@@ -147,17 +152,17 @@ class _JournalWalk:
         try:
             wrapped = kp.read_bytes()
         except FileNotFoundError:
-            self.report.add(Problem("keys", f"keys/{kp.name}", f"the data key of {seg.name} is missing"))
+            self.report.add(Problem("keys", f"{self.label}/keys/{kp.name}", f"the data key of {seg.name} is missing"))
             return None
         try:
             key = self.master.unwrap(wrapped)
         except (KeyError_, ValueError):
             self.key_failures += 1
-            self.report.add(Problem("keys", f"keys/{kp.name}",
+            self.report.add(Problem("keys", f"{self.label}/keys/{kp.name}",
                                     f"the data key of {seg.name} does not open (altered, or another master key)"))
             return None
         if len(key) != 32:
-            self.report.add(Problem("keys", f"keys/{kp.name}", "the data key has the wrong length"))
+            self.report.add(Problem("keys", f"{self.label}/keys/{kp.name}", "the data key has the wrong length"))
             return None
         self.keys_opened += 1
         return AESGCM(key)
@@ -166,13 +171,13 @@ class _JournalWalk:
         r = self.report
         segs = sorted(self.dir.glob("seg-*.wxj"))
         stray = [p.name for p in self.dir.iterdir() if p.is_file() and p.suffix != ".wxj"
-                 and not p.name.startswith(".")]
+                 and not p.name.startswith(".") and p.name not in _KNOWN_FILES]
         for name in stray:
-            r.notes.append(f"journal/{name}: not a segment (ignored)")
+            r.notes.append(f"{self.label}/{name}: not a segment (ignored)")
         prev, expected = GENESIS_HASH, 1
         r.segments = len(segs)
         for i, seg in enumerate(segs):
-            name = f"journal/{seg.name}"
+            name = f"{self.label}/{seg.name}"
             try:
                 first = int(seg.stem.split("-")[1])
             except (IndexError, ValueError):
@@ -191,7 +196,7 @@ class _JournalWalk:
                                                f"{hdr_first} (renamed or swapped)", serial=hdr_first, offset=0))
             if hdr_first > expected:
                 r.add(Problem("journal", name, f"entries {expected} to {hdr_first - 1} are missing before it "
-                                               f"(journal/seg-{expected:012d}.wxj deleted or cut short?)",
+                                               f"({self.label}/seg-{expected:012d}.wxj deleted or cut short?)",
                               serial=hdr_first, offset=0))
             elif hdr_first < expected:
                 r.add(Problem("journal", name, f"starts at entry {hdr_first}, but entries up to {expected - 1} "
@@ -444,6 +449,7 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
             _check_checkpoint(name, cp, public, archive_id, walk, report)
         if external is not None:
             _check_external(str(against), external, public, archive_id, walk, report)
+        _check_audit(home / "audit", master, public, archive_id, report, progress)
         good = _check_blobs(home, master, report, progress) if blobs else None
         if good is not None:
             for sha, serial in journal_blobs.items():
@@ -459,6 +465,44 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
         if check is not None:
             check.close()
     return report
+
+
+def _check_audit(audit_dir: Path, master: MasterKeyProvider, public, archive_id: str, report: Report,
+                 progress: ProgressFn) -> None:
+    """The access audit log: the same journal checks, and its signed head."""
+    if not audit_dir.is_dir():
+        return
+    head: Checkpoint | None = None
+    head_path = audit_dir / "head.json"
+    if head_path.exists():
+        try:
+            head = read_checkpoint(head_path)
+        except CheckpointError as e:
+            report.add(Problem("audit", "audit/head.json", str(e).split(": ", 1)[-1]))
+    scratch = Report()
+    walk = _JournalWalk(audit_dir, master, scratch, {head.serial} if head else set(), progress, label="audit")
+    for _ in walk.walk():
+        pass
+    report.audit_entries = scratch.entries
+    report.notes.extend(scratch.notes)
+    for p in scratch.problems:
+        report.add(Problem("audit", p.file, p.detail, p.serial, p.offset))
+    if head is None:
+        if scratch.entries and (audit_dir.parent / "keys" / "signing.pub").exists():
+            report.add(Problem("audit", "audit/head.json", "the signed head of the access log is missing"))
+        return
+    if public is None or not signature_ok(head, public) or head.archive_id != archive_id:
+        report.add(Problem("audit", "audit/head.json", "signature does not verify under the archive's signing key",
+                           head.serial))
+    elif head.serial > scratch.head_serial:
+        report.add(Problem("audit", "audit/head.json", f"signed entry {head.serial} but the access log ends at "
+                                                       f"{scratch.head_serial} (entries removed)", head.serial))
+    elif walk.hashes.get(head.serial, (b"",))[0].hex() != head.head_hash:
+        report.add(Problem("audit", "audit/head.json", "the access log no longer holds the entry its head signed",
+                           head.serial))
+    elif head.serial < scratch.head_serial:
+        report.notes.append(f"audit/head.json: signed at entry {head.serial}, the log holds {scratch.head_serial} "
+                            "(an append interrupted before signing)")
 
 
 def _check_external(name: str, cp: Checkpoint, public, archive_id: str, walk: _JournalWalk,

@@ -1,0 +1,130 @@
+"""The access audit log: who read what, when, with which query, how many results, which files.
+
+Every read of archived content by a person (search, view of a conversation, export,
+status, verify, and listing this log itself) is appended here *before* the results are
+shown: if the event cannot be recorded, the read is refused (fail closed).
+
+Stored beside the journal, in the same tamper-evident form (``<home>/audit/``): segment
+files of AES-256-GCM-encrypted, serially numbered, SHA-256 hash-chained entries, data keys
+wrapped under the master key. After every append the head (serial + chain hash) is signed
+with the archive's Ed25519 key into ``audit/head.json``, so an entry cut off the end is
+caught by ``wxarchive verify`` too. Readers may run beside an ingest: appends are
+serialised by a short ``flock`` on ``audit/append.lock``, not by the archive's writer lock.
+
+Who: the operating-system account running the command (the identity the host
+authenticated), plus ``WXARCHIVE_ON_BEHALF_OF`` when a service (the web UI) acts for one of
+its signed-in users.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pwd
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wxarchive.archive.checkpoints import Signer, write_atomic
+from wxarchive.archive.journal import Journal, JournalError
+from wxarchive.archive.keys import MasterKeyProvider
+
+AUDIT_DIR = "audit"
+SEGMENT_BYTES = 4 * 1024 * 1024
+EVENT_KIND = "access"
+
+
+class AuditError(Exception):
+    """The access could not be recorded; the read it was for must not go ahead."""
+
+
+@dataclass
+class AccessEvent:
+    serial: int
+    at: int  # ms since the epoch (UTC)
+    who: str
+    action: str  # search | show | export | status | verify | audit | ...
+    query: dict[str, Any] = field(default_factory=dict)
+    results: int | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)  # exported files: name, sha256, size
+    on_behalf_of: str | None = None
+    host: str = ""
+    pid: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"serial": self.serial, "at": self.at, "who": self.who, "on_behalf_of": self.on_behalf_of,
+                "action": self.action, "query": self.query, "results": self.results, "files": self.files,
+                "host": self.host, "pid": self.pid}
+
+
+def current_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid:{os.getuid()}"
+
+
+class AccessLog:
+    def __init__(self, home: Path, master: MasterKeyProvider, archive_id: str):
+        self.home = home
+        self.dir = home / AUDIT_DIR
+        self.master = master
+        self.archive_id = archive_id
+
+    def record(self, action: str, *, query: dict[str, Any] | None = None, results: int | None = None,
+               files: list[dict[str, Any]] | None = None) -> int:
+        """Append one event durably and sign the new head; its serial. Raises AuditError."""
+        meta = {"who": current_user(), "on_behalf_of": os.environ.get("WXARCHIVE_ON_BEHALF_OF") or None,
+                "action": action, "query": query or {}, "results": results, "files": files or [],
+                "host": socket.gethostname(), "pid": os.getpid()}
+        try:
+            self.dir.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(self.dir / "append.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise AuditError(f"{self.dir}: cannot record this access in the audit log "
+                             f"({e.strerror or e.__class__.__name__}); refusing to show results") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            journal = Journal.open(self.dir, self.master)
+            journal.segment_bytes = SEGMENT_BYTES
+            try:
+                serial = journal.append(EVENT_KIND, meta)
+                journal.sync()
+                self._sign_head(journal)
+            finally:
+                journal.close()
+        except (OSError, JournalError) as e:
+            raise AuditError(f"{self.dir}: cannot record this access in the audit log ({e}); "
+                             "refusing to show results") from None
+        finally:
+            os.close(fd)
+        return serial
+
+    def _sign_head(self, journal: Journal) -> None:
+        signer = Signer.load(self.home / "keys", self.master)
+        if signer is None:  # an archive never opened for writing has no signing key yet
+            return
+        cp = signer.sign(self.archive_id, journal.head_serial, journal.head_hash, journal.head_segment())
+        write_atomic(self.dir / "head.json", cp.to_json().encode(), 0o644)
+
+    def events(self, *, since: int | None = None, until: int | None = None,
+               who: str | None = None, action: str | None = None) -> Iterator[AccessEvent]:
+        """Events in order, optionally filtered (times in ms since the epoch, until exclusive)."""
+        if not self.dir.is_dir():
+            return
+        journal = Journal.open(self.dir, self.master, readonly=True)
+        for e in journal.entries(kinds={EVENT_KIND}):
+            m = e.meta
+            if since is not None and e.time < since:
+                continue
+            if until is not None and e.time >= until:
+                continue
+            if who is not None and who not in (m.get("who"), m.get("on_behalf_of")):
+                continue
+            if action is not None and m.get("action") != action:
+                continue
+            yield AccessEvent(e.serial, e.time, m.get("who", ""), m.get("action", ""), m.get("query") or {},
+                              m.get("results"), m.get("files") or [], m.get("on_behalf_of"), m.get("host", ""),
+                              m.get("pid", 0))

@@ -1,0 +1,117 @@
+"""The access audit log: every read is recorded before it is shown, tamper-evidently."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wxarchive.archive.archive import Archive
+from wxarchive.archive.audit import AccessLog, AuditError
+from wxarchive.archive.journal import iter_frames
+
+
+def _cli(home: Path, *args: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wxarchive.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "WXARCHIVE_HOME": str(home), **env}, timeout=300)
+
+
+@pytest.fixture
+def home(ingested, tmp_path) -> Path:
+    h = tmp_path / "home"
+    shutil.copytree(ingested, h)
+    return h
+
+
+def _events(home: Path) -> list[dict]:
+    done = _cli(home, "audit", "--json")
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_each_read_is_recorded_with_who_what_and_how_many(home):
+    me = pwd.getpwuid(os.getuid()).pw_name
+    found = _cli(home, "search", "合同", "--json")
+    assert found.returncode == 0
+    n = len(found.stdout.splitlines())
+    assert n > 0
+    assert _cli(home, "search", "合同", "--count").stdout.strip() == str(n)
+    conv = json.loads(found.stdout.splitlines()[0])["conversation"]
+    shown = _cli(home, "show", conv, WXARCHIVE_ON_BEHALF_OF="officer.li")
+    assert shown.returncode == 0
+    assert _cli(home, "status").returncode == 0
+    events = _events(home)
+    assert [e["action"] for e in events] == ["search", "search", "show", "status"]
+    first, counted, show, status = events
+    assert first["who"] == me and first["query"] == {"text": "合同"} and first["results"] == n
+    assert counted["query"] == {"text": "合同", "count_only": True} and counted["results"] == n
+    assert show["on_behalf_of"] == "officer.li" and show["query"] == {"conversation": conv}
+    assert show["results"] == len([ln for ln in shown.stdout.splitlines() if ln[:4].isdigit()])
+    assert status["results"] > 300
+    assert all(e["at"].endswith("+08:00") for e in events)  # shown in the configured zone
+    assert [e["serial"] for e in events] == list(range(1, 5))
+    # listing the log is itself recorded
+    again = _events(home)
+    assert again[-1]["action"] == "audit" and again[-1]["results"] == 4 and len(again) == 5
+    only = _cli(home, "audit", "--json", "--action", "show")
+    assert [json.loads(x)["action"] for x in only.stdout.splitlines()] == ["show"]
+    mine = _cli(home, "audit", "--json", "--user", "officer.li")
+    assert len(mine.stdout.splitlines()) == 1
+
+
+def test_a_read_that_cannot_be_recorded_is_refused(home):
+    (home / "audit").write_text("not a directory")  # the log cannot be written
+    done = _cli(home, "search", "合同", "--json")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "cannot record this access in the audit log" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_log_is_encrypted_and_verified(home):
+    assert _cli(home, "search", "机密报价单XYZ").returncode == 0
+    files = [p for p in (home / "audit").rglob("*") if p.is_file()]
+    assert files and all("机密报价单XYZ".encode() not in p.read_bytes() for p in files)
+    ok = _cli(home, "verify", "--json")
+    assert ok.returncode == 0, ok.stdout
+    assert json.loads(ok.stdout)["audit_entries"] == 1
+
+    seg = sorted((home / "audit").glob("seg-*.wxj"))[0]
+    raw = bytearray(seg.read_bytes())
+    raw[-40] ^= 0x04  # inside the last entry's ciphertext
+    seg.write_bytes(bytes(raw))
+    bad = _cli(home, "verify")
+    assert bad.returncode == 1
+    assert f"audit: audit/{seg.name} entry 2" in bad.stdout  # entry 2: the first verify's own event
+
+
+def test_an_entry_cut_off_the_end_is_caught_by_the_signed_head(home):
+    for text in ("a", "b", "c"):
+        assert _cli(home, "search", text, "--count").returncode == 0
+    seg = sorted((home / "audit").glob("seg-*.wxj"))[-1]
+    last = [fr for fr in iter_frames(seg) if not isinstance(fr, tuple)][-1]
+    with open(seg, "r+b") as f:
+        f.truncate(last.offset)
+    bad = _cli(home, "verify")
+    assert bad.returncode == 1
+    assert "audit/head.json entry 3: signed entry 3 but the access log ends at 2" in bad.stdout
+
+
+def test_readers_record_beside_a_running_writer(home):
+    with Archive.open(home) as writer:  # an ingest holds the writer lock
+        done = _cli(home, "search", "合同", "--count")
+        assert done.returncode == 0, done.stderr
+        assert writer.journal.head_serial > 0
+    events = list(AccessLog(home, Archive.open(home, readonly=True).master, "x").events())
+    assert [e.action for e in events] == ["search"]
+
+
+def test_record_failure_is_an_audit_error(tmp_path, master):
+    (tmp_path / "audit").write_text("")
+    with pytest.raises(AuditError, match="refusing to show results"):
+        AccessLog(tmp_path, master, "wxa-test").record("search", query={"text": "x"})
