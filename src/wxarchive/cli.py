@@ -24,6 +24,8 @@ simulate_app = typer.Typer(no_args_is_help=True, help="A simulated WeCom tenant 
 ingest_app = typer.Typer(no_args_is_help=True, help="Capture messages into the archive.")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(ingest_app, name="ingest")
+keys_app = typer.Typer(no_args_is_help=True, help="The archive's master key and signing key.")
+app.add_typer(keys_app, name="keys")
 
 out = Console()
 err = Console(stderr=True)
@@ -493,6 +495,38 @@ def audit_cmd(
                   f"{files}", highlight=False, markup=False, soft_wrap=True)
     if not as_json:
         err.print(f"{len(events)} event(s)")
+
+
+@keys_app.command("rotate")
+def keys_rotate_cmd() -> None:
+    """Re-wrap every data key under a new master key (content is not re-encrypted).
+
+    Resumable: after an interruption, run it again. The old key file is replaced by the new
+    one at the end; back the new one up.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    archive, settings = _open_archive()
+    _setup_logging(state.home)
+    try:
+        with Progress("re-wrapping keys", BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("rotate", total=None)
+            result = archive.rotate_master_key(settings.archive.get("master_key_file"),
+                                               lambda done, total: bar.update(task, completed=done, total=total))
+    finally:
+        archive.close()
+    out.print(f"master key rotated: {result.old_key_id} -> {result.new_key_id} ({result.counts['rewrapped']} keys "
+              f"re-wrapped, {result.counts['already']} already done); new key in {result.key_file}: back it up",
+              highlight=False, soft_wrap=True)
+
+
+@keys_app.command("public")
+def keys_public_cmd() -> None:
+    """Print the archive's Ed25519 public key (PEM), for auditors who check checkpoints."""
+    path = state.home / "keys" / "signing.pub"
+    if not path.exists():
+        fail(f"{path}: no signing key yet (it is made by the first ingest)")
+    print(path.read_text(), end="")
 
 
 @app.command("checkpoint")

@@ -32,7 +32,12 @@ from wxarchive.archive.blobs import BlobStore
 from wxarchive.archive.catalog.sqlite import Catalog
 from wxarchive.archive.checkpoints import CHECKPOINT_EVERY, Checkpoint, Signer, list_checkpoints, write_checkpoint
 from wxarchive.archive.journal import Journal
-from wxarchive.archive.keys import LocalMasterKey, load_master_key, master_key_for_new_archive
+from wxarchive.archive.keys import (
+    LocalMasterKey,
+    RotatingMasterKey,
+    load_archive_master_key,
+    master_key_for_new_archive,
+)
 
 FORMAT = 1
 
@@ -45,7 +50,7 @@ class ArchiveError(Exception):
 class Archive:
     home: Path
     archive_id: str
-    master: LocalMasterKey
+    master: LocalMasterKey | RotatingMasterKey
     journal: Journal
     blobs: BlobStore
     catalog: Catalog
@@ -89,7 +94,7 @@ class Archive:
                 raise ArchiveError(f"{info_path}: unreadable ({e.__class__.__name__})") from None
             if info.get("format") != FORMAT:
                 raise ArchiveError(f"{info_path}: archive format {info.get('format')} is not supported")
-            master = load_master_key(info["archive_id"], master_key_file)
+            master = load_archive_master_key(home, info["archive_id"], master_key_file)
         lock_fd = None if readonly else _take_writer_lock(home)
         try:
             journal = Journal.open(home / "journal", master, readonly=readonly)
@@ -116,6 +121,34 @@ class Archive:
         write_checkpoint(j.dir, cp)
         self.last_checkpoint = j.head_serial
         return cp
+
+    def record_admin_event(self, kind: str, meta: dict) -> int:
+        """Journal an administrative action (who did what) durably; its serial.
+
+        Admin events change nothing in the catalog, whose applied serial simply moves past
+        them when it was up to date (otherwise the next catch-up does that)."""
+        from wxarchive.archive.audit import current_user
+
+        applied = self.catalog.applied_serial()
+        serial = self.journal.append(kind, {"who": current_user(), **meta})
+        self.journal.sync()
+        if applied == serial - 1:
+            with self.catalog.batch(serial):
+                pass
+        return serial
+
+    def rotate_master_key(self, master_key_file: str | None = None, progress=None):
+        """Re-wrap every data key under a new master key (see wxarchive.archive.rotation)."""
+        from wxarchive.archive.rotation import rotate_master_key
+
+        self.journal.close()  # its open segment's key is re-wrapped too
+        result, new = rotate_master_key(self.home, self.archive_id, self.master, master_key_file,
+                                        progress or (lambda done, total: None))
+        self.master = self.journal.master = self.blobs.master = new
+        self.journal._aead_cache.clear()
+        self.record_admin_event("admin.keys.rotate", {"from": result.old_key_id, "to": result.new_key_id,
+                                                       "key_file": result.key_file, **result.counts})
+        return result
 
     def access_log(self) -> AccessLog:
         """The access audit log (readers append to it too: it has its own lock)."""

@@ -94,6 +94,21 @@ def create_master_key_file(path: Path) -> LocalMasterKey:
     return LocalMasterKey(key, _key_id(key))
 
 
+def master_key_path(archive_id: str, key_file: str | os.PathLike | None = None) -> Path | None:
+    """Where the master key file is (None when it comes from WXARCHIVE_MASTER_KEY)."""
+    if os.environ.get("WXARCHIVE_MASTER_KEY"):
+        return None
+    return Path(key_file or os.environ.get("WXARCHIVE_MASTER_KEY_FILE") or default_key_path(archive_id))
+
+
+def read_key_file(path: Path) -> LocalMasterKey:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyError_(f"master key file {path} is readable by others (mode {mode:o}); chmod 600 it")
+    key = _parse_hex_key(path.read_text(), str(path))
+    return LocalMasterKey(key, _key_id(key))
+
+
 def load_master_key(archive_id: str, key_file: str | os.PathLike | None = None) -> LocalMasterKey:
     env = os.environ.get("WXARCHIVE_MASTER_KEY")
     if env:
@@ -102,11 +117,49 @@ def load_master_key(archive_id: str, key_file: str | os.PathLike | None = None) 
     path = Path(key_file or os.environ.get("WXARCHIVE_MASTER_KEY_FILE") or default_key_path(archive_id))
     if not path.exists():
         raise KeyError_(f"master key file {path} not found (set WXARCHIVE_MASTER_KEY_FILE)")
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise KeyError_(f"master key file {path} is readable by others (mode {mode:o}); chmod 600 it")
-    key = _parse_hex_key(path.read_text(), str(path))
-    return LocalMasterKey(key, _key_id(key))
+    return read_key_file(path)
+
+
+@dataclass
+class RotatingMasterKey:
+    """During a master key rotation: wraps with the new key, unwraps with either."""
+
+    new: LocalMasterKey
+    old: LocalMasterKey
+
+    @property
+    def key_id(self) -> str:
+        return self.new.key_id
+
+    def wrap(self, data_key: bytes) -> bytes:
+        return self.new.wrap(data_key)
+
+    def unwrap(self, wrapped: bytes) -> bytes:
+        try:
+            return self.new.unwrap(wrapped)
+        except KeyError_:
+            return self.old.unwrap(wrapped)
+
+
+ROTATION_FILE = "rotation.json"  # under <home>/keys while a rotation is unfinished
+
+
+def pending_key_path(path: Path) -> Path:
+    return path.with_name(path.name + ".new")
+
+
+def load_archive_master_key(home: Path, archive_id: str, key_file: str | os.PathLike | None = None
+                            ) -> LocalMasterKey | RotatingMasterKey:
+    """The archive's master key, taking an interrupted rotation into account: while
+    ``keys/rotation.json`` exists and the new key file is beside the old one, both open."""
+    current = load_master_key(archive_id, key_file)
+    path = master_key_path(archive_id, key_file)
+    if path is None or not (home / "keys" / ROTATION_FILE).exists():
+        return current
+    new_path = pending_key_path(path)
+    if new_path.exists():
+        return RotatingMasterKey(read_key_file(new_path), current)
+    return current  # the rotation got as far as installing the new key: nothing old is left
 
 
 def master_key_for_new_archive(archive_id: str, key_file: str | os.PathLike | None = None) -> LocalMasterKey:
@@ -117,6 +170,25 @@ def master_key_for_new_archive(archive_id: str, key_file: str | os.PathLike | No
     if path.exists():
         return load_master_key(archive_id, path)
     return create_master_key_file(path)
+
+
+def create_key_file_atomically(path: Path) -> LocalMasterKey:
+    """A new random master key in ``path`` (0600), complete or absent after a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = secrets.token_bytes(32)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return LocalMasterKey(key, _key_id(key))
 
 
 def new_data_key() -> bytes:

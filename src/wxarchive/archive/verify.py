@@ -54,7 +54,7 @@ from wxarchive.archive.journal import (
     iter_frames,
     read_segment_header,
 )
-from wxarchive.archive.keys import KeyError_, MasterKeyProvider, load_master_key
+from wxarchive.archive.keys import KeyError_, MasterKeyProvider, load_archive_master_key
 
 MAX_PROBLEMS = 100
 _KNOWN_FILES = {"append.lock", "head.json"}  # the access log's lock and signed head
@@ -395,7 +395,7 @@ def identify(home: Path, master_key_file: str | None = None) -> tuple[str, Maste
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CannotVerify(f"{info_path}: unreadable ({e.__class__.__name__})") from None
     try:
-        return archive_id, load_master_key(archive_id, master_key_file)
+        return archive_id, load_archive_master_key(home, archive_id, master_key_file)
     except KeyError_ as e:
         raise CannotVerify(str(e)) from None
 
