@@ -473,6 +473,12 @@ def decrypt_record(item: dict, keyring: KeyRing, decrypt_impl: DecryptImpl) -> b
         raise RecordError(str(exc)) from None
     except ValueError as exc:
         raise RecordError(str(exc)) from None
+    if not key.isascii():
+        # The genuine RSA output is a base64 string. Bytes >= 0x80 come only from a wrong key
+        # (implicit rejection returns random bytes), and the native decoder indexes its table
+        # with them as signed chars: results not worth modelling, input not worth passing.
+        exc = SdkError(10008, "DecryptData", f"the publickey_ver {version} key gave no base64 key string")
+        raise RecordError(_sdk_reason(exc), 10008)
     try:
         return decrypt_impl(key, msg)
     except SdkError as exc:
