@@ -10,7 +10,9 @@ Prints, all measured now on this machine over the same simulated tenant:
   pulled batch, which flatters the baseline);
 - ``wxarchive``: ``WeComCapture`` (SDK worker process, decrypt/parse pool, journal with
   fsync, catalog), media fetching off so only the message path is timed;
-and the ratios wxarchive/ceiling (target ≥ 0.7) and wxarchive/single (target ≥ 1.8).
+and the ratios wxarchive/ceiling (target ≥ 0.7) and wxarchive/single (target ≥ 1.8), with
+the CPU each message costs in each process group (the machine's cores are all busy during
+the run, so total CPU per message is what bounds the rate; RSA alone is cores/ceiling).
 With ``--rss-messages N`` it also ingests N messages with the CLI in a child process and
 reports the peak RSS of every process involved (target < 400 MB at 1,000,000).
 The simulator runs in its own process in every measurement.
@@ -126,19 +128,40 @@ def single_loop(tenant: Path, proxy: str, limit_records: int) -> float:
 # ---- wxarchive --------------------------------------------------------------------------
 
 
-def wxarchive_rate(tenant: Path, proxy: str, home: Path) -> tuple[float, dict]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a running process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rusage_cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def wxarchive_rate(tenant: Path, proxy: str, home: Path, sim_pid: int) -> tuple[float, dict, dict]:
+    """Messages/s, the run's counts, and CPU microseconds per message by process group:
+    main (journal, catalog), workers (SDK and decrypt/parse pool), simulator."""
     from wxarchive.archive.archive import Archive
     from wxarchive.ingest import WeComCapture, WeComOptions
 
     info = json.loads((tenant / "tenant.json").read_text())
     opts = WeComOptions(corp_id=info["corp_id"], secret=(tenant / "secret").read_text().strip(),
                         private_keys=_keys(tenant), proxy=proxy, fetch_media=False)
+    cpu0 = (_rusage_cpu(resource.RUSAGE_SELF), _rusage_cpu(resource.RUSAGE_CHILDREN), _cpu_seconds(sim_pid))
     with Archive.open(home, create=True) as ar:
         t = time.perf_counter()
-        result = WeComCapture(ar, opts).run()
+        result = WeComCapture(ar, opts).run()  # its worker processes have exited and been reaped here
         took = time.perf_counter() - t
+    cpu1 = (_rusage_cpu(resource.RUSAGE_SELF), _rusage_cpu(resource.RUSAGE_CHILDREN), _cpu_seconds(sim_pid))
     assert result.status == "ok", result.error
-    return result.counts["pulled"] / took, result.counts
+    n = result.counts["pulled"]
+    us = {name: (b - a) / n * 1e6 for name, a, b in zip(("main", "workers", "simulator"), cpu0, cpu1)}
+    return n / took, result.counts, us
 
 
 def peak_rss(tenant: Path, proxy: str, home: Path) -> float:
@@ -183,7 +206,7 @@ def main() -> None:
             single = single_loop(tenant, proxy, args.messages)
             c1 = rsa_ceiling(tenant, 3.0)
             home = Path(tempfile.mkdtemp(dir=args.workdir))
-            ours, counts = wxarchive_rate(tenant, proxy, home / "archive")
+            ours, counts, us = wxarchive_rate(tenant, proxy, home / "archive", proc.pid)
             c2 = rsa_ceiling(tenant, 3.0)
             shutil.rmtree(home, ignore_errors=True)
         finally:
@@ -193,6 +216,10 @@ def main() -> None:
         to_single.append(ours / single)
         print(f"round {r}: ceiling RSA x{cores} {c0:7.0f}/{c1:7.0f}/{c2:7.0f} decrypts/s   single {single:7.0f} msg/s"
               f"   wxarchive {ours:7.0f} msg/s   ratios {to_ceiling[-1]:.2f} / {to_single[-1]:.2f}")
+        rsa_us = 1e6 * cores / ((c1 + c2) / 2)
+        print(f"  CPU per message: RSA alone {rsa_us:5.0f} us; wxarchive workers {us['workers']:5.0f} us "
+              f"(RSA included), main {us['main']:5.0f} us, simulator {us['simulator']:5.0f} us; "
+              f"total {sum(us.values()):5.0f} us on {cores} cores")
     print(f"wxarchive counts (last round): {counts}")
     print(f"ratio wxarchive/ceiling {_median(to_ceiling):.2f} median of {args.rounds}   (target >= 0.70)")
     print(f"ratio wxarchive/single  {_median(to_single):.2f} median of {args.rounds}   (target >= 1.80)")

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wxarchive.archive.checkpoints import Signer, write_atomic
+from wxarchive.archive.checkpoints import Signer
+from wxarchive.archive.files import write_atomic
 from wxarchive.archive.journal import Journal, JournalError
 from wxarchive.archive.keys import MasterKeyProvider
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from wxarchive.archive.files import write_atomic
 from wxarchive.archive.keys import MasterKeyProvider, new_data_key
 
 MAGIC = b"WXB1"
@@ -48,17 +49,7 @@ class BlobStore:
         wrapped = self.master.wrap(key)
         nonce = os.urandom(12)
         ct = AESGCM(key).encrypt(nonce, data, digest.encode())
-        tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + struct.pack(">H", len(wrapped)) + wrapped + nonce + ct)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(final, MAGIC + struct.pack(">H", len(wrapped)) + wrapped + nonce + ct, 0o600)
         return digest
 
     def get(self, sha256: str) -> bytes:

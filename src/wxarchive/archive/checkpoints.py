@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from wxarchive.archive.files import write_atomic
 from wxarchive.archive.keys import KeyError_, MasterKeyProvider
 
 CHECKPOINT_EVERY = 10_000
@@ -81,22 +81,6 @@ def load_public_pem(text: str, origin: str) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise CheckpointError(f"{origin}: not an Ed25519 public key")
     return key
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write a small file atomically and durably (temp file, fsync, rename, fsync dir)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class Signer:

@@ -40,6 +40,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from wxarchive.archive.files import fsync_dir
 from wxarchive.archive.keys import MasterKeyProvider, new_data_key
 
 MAGIC = b"WXJ1"
@@ -87,14 +88,6 @@ class Frame:
     hash: bytes
     segment: Path
     offset: int
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def chain_hash(prev: bytes, head: bytes, nonce: bytes, ciphertext: bytes) -> bytes:
@@ -236,8 +229,8 @@ class Journal:
         f.write(MAGIC + _U32.pack(len(header)) + header)
         f.flush()
         os.fsync(f.fileno())
-        _fsync_dir(self.keys_dir)
-        _fsync_dir(self.dir)
+        fsync_dir(self.keys_dir)
+        fsync_dir(self.dir)
         self._file, self._segment = f, seg
         self._aead = AESGCM(data_key)
         self._aead_cache[seg.stem] = self._aead

@@ -28,6 +28,8 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from wxarchive.archive.files import write_atomic
+
 WRAP_AAD = b"wxarchive data key v1"
 
 
@@ -176,18 +178,7 @@ def create_key_file_atomically(path: Path) -> LocalMasterKey:
     """A new random master key in ``path`` (0600), complete or absent after a crash."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_bytes(32)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.hex() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, (key.hex() + "\n").encode(), 0o600)
     return LocalMasterKey(key, _key_id(key))
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wxarchive.archive.blobs import MAGIC as BLOB_MAGIC
-from wxarchive.archive.checkpoints import write_atomic
+from wxarchive.archive.files import fsync_dir, write_atomic
 from wxarchive.archive.keys import (
     ROTATION_FILE,
     KeyError_,
@@ -128,10 +128,6 @@ def rotate_master_key(home: Path, archive_id: str, master, key_file: str | None 
         result.counts["rewrapped" if fn(p, new, old) else "already"] += 1
         progress(i, len(todo))
     os.replace(new_path, path)  # step 3: the old key is gone
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(path.parent)
     marker.unlink(missing_ok=True)
     return result, new
