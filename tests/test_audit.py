@@ -115,3 +115,32 @@ def test_record_failure_is_an_audit_error(tmp_path, master):
     (tmp_path / "audit").write_text("")
     with pytest.raises(AuditError, match="refusing to show results"):
         AccessLog(tmp_path, master, "wxa-test").record("search", query={"text": "x"})
+
+
+def test_admin_actions_are_listed_with_the_reads(home, tmp_path, monkeypatch):
+    import json as _json
+
+    archive_id = _json.loads((home / "archive.json").read_text())["archive_id"]
+    key = tmp_path / "master.key"  # this copy's own key file, so the rotation leaves the shared one alone
+    shutil.copy(Path(os.environ["XDG_CONFIG_HOME"]) / "wxarchive" / "keys" / f"{archive_id}.key", key)
+    key.chmod(0o600)
+    monkeypatch.setenv("WXARCHIVE_MASTER_KEY_FILE", str(key))
+    assert _cli(home, "checkpoint", "--out", str(tmp_path / "cp.json")).returncode == 0
+    assert _cli(home, "keys", "rotate").returncode == 0
+    events = _events(home)
+    assert [e["action"] for e in events[:2]] == ["admin.checkpoint", "admin.keys.rotate"]
+    assert events[0]["query"]["exported_to"] == str(tmp_path / "cp.json")
+    assert events[1]["query"]["rewrapped"] > 10 and events[1]["query"]["journal_serial"] > 0
+    only = _cli(home, "audit", "--json", "--action", "admin.keys.rotate")
+    assert len(only.stdout.splitlines()) == 1
+
+
+def test_mistyped_filters_are_errors_not_empty_results(home):
+    bad = _cli(home, "search", "--type", "bogus", "--count")
+    assert bad.returncode == 2 and "unknown message type 'bogus'" in bad.stderr
+    assert _cli(home, "search", "--type", "revoke", "--count").stdout.strip() != "0"  # a WeCom msgtype
+    bad = _cli(home, "audit", "--action", "bogus")
+    assert bad.returncode == 2 and "--action 'bogus'" in bad.stderr
+    some = _cli(home, "search", "合同", "--limit", "1")
+    total = _cli(home, "search", "合同", "--count").stdout.strip()
+    assert f"1 of {total} message(s)" in some.stderr

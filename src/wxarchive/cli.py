@@ -27,8 +27,8 @@ app.add_typer(ingest_app, name="ingest")
 keys_app = typer.Typer(no_args_is_help=True, help="The archive's master key and signing key.")
 app.add_typer(keys_app, name="keys")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # long lines stay whole: they are read by people and by grep
+err = Console(stderr=True, soft_wrap=True)
 
 
 class State:
@@ -337,6 +337,10 @@ def search_cmd(
     archive, settings = _open_archive(readonly=True)
     tz = settings.timezone
     q = _query(text, sender, kind, conversation, since, until, has_attachment, tz, limit)
+    if kind:
+        from wxarchive.search.query import check_kind
+
+        check_kind(archive.catalog.engine, kind)
     # the read is recorded before anything is shown; if it cannot be, nothing is shown
     found = count(archive.catalog.engine, q)
     query = {"text": text, "sender": sender, "type": kind, "conversation": conversation, "since": since,
@@ -356,7 +360,7 @@ def search_cmd(
             _print_message(r)
     archive.close()
     if not as_json:
-        err.print(f"{n} message(s)")
+        err.print(f"{n} of {found} message(s)" if n < found else f"{n} message(s)")
 
 
 def _print_message(r: dict) -> None:
@@ -470,6 +474,9 @@ def audit_cmd(
     from wxarchive.model import iso_time
     from wxarchive.search.query import parse_when
 
+    actions = {"search", "show", "export", "status", "verify", "audit"}
+    if action and action not in actions and not action.startswith("admin."):
+        fail(f"--action {action!r}: use one of {', '.join(sorted(actions))}, or admin.* for administrative actions")
     archive, settings = _open_archive(readonly=True)
     tz = settings.timezone
     try:
@@ -537,6 +544,9 @@ def checkpoint_cmd(
     archive, _ = _open_archive()
     try:
         cp = archive.checkpoint(force=True)
+        if cp is not None:
+            archive.record_admin_event("admin.checkpoint", {"serial": cp.serial, "head_hash": cp.head_hash,
+                                                             "exported_to": str(out_file) if out_file else None})
     finally:
         archive.close()
     if cp is None:

@@ -205,7 +205,10 @@ def run_demo(home: Path, tenant: Path, messages: int, seed: int, out: Console, e
     tz = load_settings(home).timezone
     from wxarchive.cli import _print_message, _print_status
 
-    _print_status(status(archive.catalog.engine, tz))
+    st = status(archive.catalog.engine, tz)
+    log = archive.access_log()  # the demo reads like a person would: its reads are recorded too
+    log.record("status", results=st["messages"])
+    _print_status(st)
 
     out.rule("5. a few searches")
     for label, q in [
@@ -216,8 +219,13 @@ def run_demo(home: Path, tenant: Path, messages: int, seed: int, out: Console, e
         ("files", Query(kind="file")),
         ("recalls", Query(kind="recall")),
     ]:
-        out.print(f"{label}: {count(archive.catalog.engine, q)} message(s)")
-    for r in search(archive.catalog.engine, Query(text="合同", has_attachment=True, limit=2), tz):
+        n = count(archive.catalog.engine, q)
+        log.record("search", query={k: v for k, v in (("text", q.text), ("type", q.kind)) if v}, results=n)
+        out.print(f"{label}: {n} message(s)")
+    q = Query(text="合同", has_attachment=True, limit=2)
+    log.record("search", query={"text": q.text, "has_attachment": True, "limit": 2},
+               results=min(2, count(archive.catalog.engine, q)))
+    for r in search(archive.catalog.engine, q, tz):
         _print_message(r)
 
     out.rule("6. check against the answer key")

@@ -123,7 +123,8 @@ class Archive:
         return cp
 
     def record_admin_event(self, kind: str, meta: dict) -> int:
-        """Journal an administrative action (who did what) durably; its serial.
+        """Journal an administrative action (who did what) durably, and list it in the access
+        audit log too; its journal serial.
 
         Admin events change nothing in the catalog, whose applied serial simply moves past
         them when it was up to date (otherwise the next catch-up does that)."""
@@ -135,6 +136,8 @@ class Archive:
         if applied == serial - 1:
             with self.catalog.batch(serial):
                 pass
+        # listed with the reads, so one `wxarchive audit` shows auditors every action
+        self.access_log().record(kind, query={**meta, "journal_serial": serial})
         return serial
 
     def rotate_master_key(self, master_key_file: str | None = None, progress=None):

@@ -60,6 +60,20 @@ def parse_when(value: str, tz: str, *, end: bool = False) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def check_kind(engine, kind: str) -> None:
+    """Refuse a ``--type`` that can match nothing: not one of our kinds, and no archived
+    message carries it as its source type (a typo must not read as "no such messages")."""
+    from wxarchive.model import MessageKind
+
+    if kind in {k.value for k in MessageKind}:
+        return
+    with engine.connect() as c:
+        if c.execute(select(s.messages.c.id).where(s.messages.c.source_type == kind).limit(1)).first():
+            return
+    kinds = ", ".join(k.value for k in MessageKind)
+    raise QueryError(f"unknown message type {kind!r}: use a kind ({kinds}) or a WeCom msgtype found in the archive")
+
+
 def _where(q: Query) -> list[Any]:
     m = s.messages
     conds: list[Any] = []
