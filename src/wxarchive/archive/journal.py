@@ -49,6 +49,7 @@ SEGMENT_BYTES = 64 * 1024 * 1024
 _HEAD = struct.Struct(">QQH")
 _U32 = struct.Struct(">I")
 _META_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_NONCE_MASK = (1 << 96) - 1
 
 
 class JournalError(Exception):
@@ -147,6 +148,7 @@ class Journal:
         self._dirty = False
         self.readonly = False
         self.segment_bytes: int | None = None  # None: the module's SEGMENT_BYTES
+        self._nonce = 0  # set from os.urandom whenever a segment is opened for appending
 
     # ---- opening -------------------------------------------------------------------
 
@@ -234,6 +236,7 @@ class Journal:
         self._file, self._segment = f, seg
         self._aead = AESGCM(data_key)
         self._aead_cache[seg.stem] = self._aead
+        self._nonce = int.from_bytes(os.urandom(12), "big")
         self._seg_bytes = f.tell()
 
     def _open_tail(self) -> None:
@@ -243,6 +246,7 @@ class Journal:
             return
         self._segment = segs[-1]
         self._aead = self._segment_aead(self._segment)
+        self._nonce = int.from_bytes(os.urandom(12), "big")
         self._file = open(self._segment, "ab")
         self._seg_bytes = self._file.tell()
 
@@ -261,15 +265,22 @@ class Journal:
         kb = kind.encode("ascii")
         head = _HEAD.pack(serial, t, len(kb)) + kb
         m = _META_ENCODER.encode(meta).encode()
-        nonce = os.urandom(12)
-        ct = self._aead.encrypt(nonce, _U32.pack(len(m)) + m + data, head)
-        h = chain_hash(self.head_hash, head, nonce, ct)
+        nonce = self._next_nonce()
+        ct = self._aead.encrypt(nonce, b"".join((_U32.pack(len(m)), m, data)), head)
+        h = hashlib.sha256(b"".join((self.head_hash, head, nonce, ct))).digest()  # = chain_hash(...)
         body_len = len(head) + 12 + len(ct) + 32
-        self._file.write(_U32.pack(body_len) + head + nonce + ct + h)
+        self._file.write(b"".join((_U32.pack(body_len), head, nonce, ct, h)))
         self._seg_bytes += 4 + body_len
         self.head_serial, self.head_hash = serial, h
         self._dirty = True
         return serial
+
+    def _next_nonce(self) -> bytes:
+        """A GCM nonce never used before under this segment's key: a random 96-bit start
+        drawn when the segment is opened for appending, plus one per entry. (Deriving it from
+        the serial would repeat a nonce when a torn tail is cut and its serial re-used.)"""
+        self._nonce = (self._nonce + 1) & _NONCE_MASK
+        return self._nonce.to_bytes(12, "big")
 
     def head_segment(self) -> str:
         """File name of the segment holding the newest entry."""
