@@ -26,6 +26,8 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(ingest_app, name="ingest")
 keys_app = typer.Typer(no_args_is_help=True, help="The archive's master key and signing key.")
 app.add_typer(keys_app, name="keys")
+hold_app = typer.Typer(no_args_is_help=True, help="Legal holds: records they match are never purged.")
+app.add_typer(hold_app, name="hold")
 
 out = Console(soft_wrap=True)  # long lines stay whole: they are read by people and by grep
 err = Console(stderr=True, soft_wrap=True)
@@ -76,8 +78,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from wxarchive.ingest import CaptureError
     from wxarchive.search.query import QueryError
     from wxarchive.archive.audit import AuditError
+    from wxarchive.archive.retention import RetentionError
 
-    return (cfg.ConfigError, ArchiveError, AuditError, BlobError, JournalError, KeyError_, KeyLoadError, SdkError,
+    return (cfg.ConfigError, ArchiveError, AuditError, RetentionError, BlobError, JournalError, KeyError_, KeyLoadError, SdkError,
             SdkLoadError, CaptureError, QueryError)
 
 
@@ -474,7 +477,7 @@ def audit_cmd(
     from wxarchive.model import iso_time
     from wxarchive.search.query import parse_when
 
-    actions = {"search", "show", "export", "status", "verify", "audit"}
+    actions = {"search", "show", "export", "status", "verify", "audit", "hold.list", "purge.plan"}
     if action and action not in actions and not action.startswith("admin."):
         fail(f"--action {action!r}: use one of {', '.join(sorted(actions))}, or admin.* for administrative actions")
     archive, settings = _open_archive(readonly=True)
@@ -534,6 +537,152 @@ def keys_public_cmd() -> None:
     if not path.exists():
         fail(f"{path}: no signing key yet (it is made by the first ingest)")
     print(path.read_text(), end="")
+
+
+# ---- retention --------------------------------------------------------------------------
+
+
+@hold_app.command("create")
+def hold_create_cmd(
+    name: str = typer.Argument(..., help="A unique name, e.g. a matter number."),
+    reason: str = typer.Option(..., "--reason", help="Why (matter, regulator request, ...)."),
+    sender: Optional[str] = typer.Option(None, "--sender", help="Only messages from this sender (id or name)."),
+    conversation: Optional[str] = typer.Option(None, "--conversation", help="Only this conversation (id or group name)."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only messages sent from this date/time."),
+    until: Optional[str] = typer.Option(None, "--until", help="Only messages sent up to this date (inclusive)."),
+    text: Optional[str] = typer.Option(None, "--text", help="Only messages containing this text."),
+) -> None:
+    """Place a legal hold (no filter: the whole archive)."""
+    from wxarchive.archive.retention import count_held
+    from wxarchive.search.query import parse_when
+
+    archive, settings = _open_archive()
+    try:
+        tz = settings.timezone
+        filters = {"sender": sender, "conversation": conversation, "text": text,
+                   "since": parse_when(since, tz) if since else None,
+                   "until": parse_when(until, tz, end=True) if until else None}
+        filters = {k: v for k, v in filters.items() if v is not None}
+        con = archive.catalog.engine.raw_connection()
+        try:
+            if con.execute("SELECT 1 FROM holds WHERE name = ?", (name,)).fetchone():
+                fail(f"a hold named {name!r} exists already (names stay unique, released ones too)")
+            n = count_held(con, filters)
+        finally:
+            con.close()
+        serial = archive.record_admin_event("admin.hold.create", {"name": name, "reason": reason, "filters": filters,
+                                                                   "matching_now": n})
+    finally:
+        archive.close()
+    out.print(f"hold {name!r} placed (journal entry {serial}): {n} message(s) match now; "
+              "records captured later that match are held too", highlight=False)
+
+
+@hold_app.command("list")
+def hold_list_cmd(as_json: bool = typer.Option(False, "--json", help="One JSON object per line.")) -> None:
+    """Holds, active and released, with how many messages each holds now."""
+    from wxarchive.archive.retention import count_held
+    from wxarchive.model import iso_time
+
+    archive, settings = _open_archive(readonly=True)
+    try:
+        con = archive.catalog.engine.raw_connection()
+        try:
+            rows = []
+            for name, reason, filters, by, at, rby, rat, rreason in con.execute(
+                    "SELECT name, reason, filters, created_by, created_at, released_by, released_at, release_reason "
+                    "FROM holds ORDER BY created_at"):
+                f = json.loads(filters)
+                rows.append({"name": name, "reason": reason, "filters": f, "created_by": by,
+                             "created_at": iso_time(at, settings.timezone), "released_by": rby,
+                             "released_at": iso_time(rat, settings.timezone), "release_reason": rreason,
+                             "active": rat is None, "matching": count_held(con, f)})
+        finally:
+            con.close()
+        archive.access_log().record("hold.list", results=len(rows))
+    finally:
+        archive.close()
+    for r in rows:
+        if as_json:
+            print(json.dumps(r, ensure_ascii=False))
+        else:
+            state = "active" if r["active"] else f"released {r['released_at']} by {r['released_by']}"
+            out.print(f"{r['name']}  {state}  {r['matching']} message(s)  filters {r['filters'] or 'none (everything)'}"
+                      f"  placed {r['created_at']} by {r['created_by']}: {r['reason']}", highlight=False, markup=False)
+    if not as_json:
+        err.print(f"{len(rows)} hold(s)")
+
+
+@hold_app.command("release")
+def hold_release_cmd(
+    name: str = typer.Argument(...),
+    reason: str = typer.Option(..., "--reason", help="Why the hold ends."),
+) -> None:
+    """Release a legal hold (its records become subject to retention again)."""
+    archive, _ = _open_archive()
+    try:
+        con = archive.catalog.engine.raw_connection()
+        try:
+            row = con.execute("SELECT released_at FROM holds WHERE name = ?", (name,)).fetchone()
+        finally:
+            con.close()
+        if row is None:
+            fail(f"no hold named {name!r} (see 'wxarchive hold list')")
+        if row[0] is not None:
+            fail(f"hold {name!r} was released already")
+        serial = archive.record_admin_event("admin.hold.release", {"name": name, "reason": reason})
+    finally:
+        archive.close()
+    out.print(f"hold {name!r} released (journal entry {serial})", highlight=False)
+
+
+@app.command("purge")
+def purge_cmd(
+    execute: bool = typer.Option(False, "--execute", help="Really purge (default: a dry run that changes nothing)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable plan and result."),
+) -> None:
+    """Purge records past retention and not under a legal hold, by destroying their keys.
+
+    Without --execute, only shows what would be purged. With it, held records are copied
+    forward first, a signed tombstone is journaled, then the data keys are destroyed.
+    """
+    from wxarchive.archive.retention import RetentionError, RetentionPolicy, execute_purge, plan_purge
+    from wxarchive.ingest import apply
+
+    archive, settings = _open_archive(readonly=not execute)
+    try:
+        try:
+            policy = RetentionPolicy.from_settings(settings.archive)
+        except RetentionError as e:
+            fail(f"{settings.path or 'config.toml'}: {e}")
+        plan = plan_purge(archive, policy)
+        result = None
+        if execute:
+            _setup_logging(state.home)
+            result = execute_purge(archive, plan, apply)
+        else:
+            archive.access_log().record("purge.plan", results=sum(s.records for s in plan.eligible))
+    finally:
+        archive.close()
+    if as_json:
+        d = plan.to_dict()
+        if result is not None:
+            d["result"] = result.__dict__
+        print(json.dumps(d, ensure_ascii=False, indent=2))
+        return
+    for sp in plan.segments:
+        mark = "PURGE" if sp.eligible else "keep "
+        held = f", {len(sp.held)} held" if sp.held else ""
+        out.print(f"{mark} {sp.segment}: entries {sp.first_serial}-{sp.last_serial}, {sp.records} record(s){held}; "
+                  f"{sp.why}", highlight=False)
+    d = plan.to_dict()
+    if result is None:
+        out.print(f"dry run: {d['records_to_purge']} record(s) in {d['eligible_segments']} segment(s) would be purged, "
+                  f"{d['records_held']} kept under legal hold; nothing changed (add --execute)", highlight=False)
+    else:
+        out.print(f"purged {result.records_purged} record(s) in {len(result.segments)} segment(s), "
+                  f"{result.records_retained} kept under legal hold, {result.blobs_deleted} blob(s) deleted; "
+                  f"tombstones at journal entries {result.tombstones or '-'}", highlight=False)
 
 
 @app.command("checkpoint")

@@ -160,6 +160,10 @@ def apply(archive: Archive, entries: list[Entry], parsed: dict[int, tuple[Messag
                 b.run_start(e.serial, m["source"], e.time, m.get("cursor"))
             elif e.kind == "run.end":
                 b.run_end(m["run"], e.time, m["status"], m.get("error"), m.get("counts", {}), m.get("cursor"))
+            elif e.kind.startswith("admin."):
+                b.admin_event(e.kind, m, e.serial, e.time)
+            if "retained_from" in m:
+                b.retained_copy(e.kind, m, e.serial)
 
 
 def catch_up(archive: Archive, batch: int = 2000) -> int:

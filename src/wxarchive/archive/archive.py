@@ -131,13 +131,18 @@ class Archive:
         from wxarchive.archive.audit import current_user
 
         applied = self.catalog.applied_serial()
-        serial = self.journal.append(kind, {"who": current_user(), **meta})
+        at = int(time.time() * 1000)
+        meta = {"who": current_user(), **meta}
+        serial = self.journal.append(kind, meta, at=at)
         self.journal.sync()
         if applied == serial - 1:
-            with self.catalog.batch(serial):
-                pass
+            with self.catalog.batch(serial) as b:
+                b.admin_event(kind, meta, serial, at)
         # listed with the reads, so one `wxarchive audit` shows auditors every action
-        self.access_log().record(kind, query={**meta, "journal_serial": serial})
+        listed = {k: v for k, v in meta.items() if k not in ("removed", "retained", "blobs", "signature", "who")}
+        if kind == "admin.purge":
+            listed.update(removed=len(meta["removed"]), retained=len(meta["retained"]), blobs=len(meta["blobs"]))
+        self.access_log().record(kind, query={**listed, "journal_serial": serial})
         return serial
 
     def rotate_master_key(self, master_key_file: str | None = None, progress=None):

@@ -40,7 +40,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from wxarchive.archive.files import fsync_dir
+from wxarchive.archive.files import fsync_dir, write_atomic
 from wxarchive.archive.keys import MasterKeyProvider, new_data_key
 
 MAGIC = b"WXJ1"
@@ -318,8 +318,37 @@ class Journal:
         meta = json.loads(pt[4 : 4 + n])
         return Entry(fr.serial, fr.time, fr.kind, meta, pt[4 + n :], fr.segment.name, fr.offset, fr.hash)
 
+    # ---- crypto-shredding ---------------------------------------------------------
+
+    def shredded_marker(self, segment: str) -> Path:
+        return self.keys_dir / (Path(segment).stem + ".shredded")
+
+    def is_shredded(self, segment: str) -> bool:
+        return self.shredded_marker(segment).exists()
+
+    def shred(self, segment: str, tombstone_serial: int) -> None:
+        """Destroy a closed segment's data key: its entries stay in the chain (checkable), their
+        content is gone. A marker naming the tombstone entry is left (plain: no secret)."""
+        if self._segment is not None and self._segment.name == segment:
+            raise JournalError(f"{segment}: the segment open for appending cannot be shredded")
+        marker = self.shredded_marker(segment)
+        if not marker.exists():
+            write_atomic(marker, json.dumps({"segment": segment, "tombstone_serial": tombstone_serial}).encode(),
+                         0o644)
+        kp = self.keys_dir / (Path(segment).stem + ".key")
+        if kp.exists():
+            with open(kp, "r+b") as f:  # overwrite before unlinking (the wrapped key, not a secret alone)
+                f.write(b"\0" * kp.stat().st_size)
+                f.flush()
+                os.fsync(f.fileno())
+            kp.unlink()
+            fsync_dir(self.keys_dir)
+        self._aead_cache.pop(Path(segment).stem, None)
+
     def entries(self, after: int = 0, kinds: set[str] | None = None) -> Iterator[Entry]:
-        """Decrypted entries with serial > ``after``, in order (buffered writes are flushed first)."""
+        """Decrypted entries with serial > ``after``, in order (buffered writes are flushed first).
+        An entry of a shredded segment (content purged) comes as kind ``shredded`` with no
+        metadata or data, so that serials stay contiguous for whoever follows the journal."""
         if self._file is not None:
             self._file.flush()
         segs = self.segments()
@@ -327,6 +356,14 @@ class Journal:
         for i, seg in enumerate(segs):
             nxt = starts[i + 1] if i + 1 < len(starts) else None
             if nxt is not None and nxt <= after + 1:
+                continue
+            if self.is_shredded(seg.name) and not self._key_path(seg).exists():
+                if kinds is None or "shredded" in kinds:
+                    for fr in iter_frames(seg):
+                        if isinstance(fr, tuple):
+                            return
+                        if fr.serial > after:
+                            yield Entry(fr.serial, fr.time, "shredded", {}, b"", seg.name, fr.offset, fr.hash)
                 continue
             for fr in iter_frames(seg):
                 if isinstance(fr, tuple):

@@ -132,6 +132,7 @@ class _Seen:
     source: str | None
     key: str | None
     blob: str | None = None  # sha256 of the media a ``media`` entry says was stored
+    tomb: dict | None = None  # an ``admin.purge`` tombstone's segment and blobs
 
 
 class _JournalWalk:
@@ -146,12 +147,16 @@ class _JournalWalk:
         self.progress = progress
         self.key_failures = 0
         self.keys_opened = 0
+        self.shredded: set[str] = set()  # segments whose key was destroyed by a purge
 
     def _aead(self, seg: Path) -> AESGCM | None:
         kp = self.dir / "keys" / (seg.stem + ".key")
         try:
             wrapped = kp.read_bytes()
         except FileNotFoundError:
+            if (self.dir / "keys" / (seg.stem + ".shredded")).exists():
+                self.shredded.add(seg.name)  # purged: a tombstone must say so (checked at the end)
+                return None
             self.report.add(Problem("keys", f"{self.label}/keys/{kp.name}", f"the data key of {seg.name} is missing"))
             return None
         try:
@@ -235,6 +240,8 @@ class _JournalWalk:
         if fr.serial in self.wanted:
             self.hashes[fr.serial] = (fr.hash, fr.segment.name)
         if aead is None:
+            if fr.segment.name in self.shredded:
+                return None  # content purged: the chain above is all there is to check
             return _Seen(fr.serial, fr.kind, None, None)
         try:
             pt = aead.decrypt(fr.nonce, fr.ciphertext, fr.head)
@@ -250,7 +257,10 @@ class _JournalWalk:
             r.add(Problem("journal", name, "metadata is not a JSON object", fr.serial, fr.offset))
             return None
         blob = meta.get("sha256") if fr.kind == "media" and meta.get("state") == "present" else None
-        return _Seen(fr.serial, fr.kind, meta.get("source"), meta.get("key"), blob if isinstance(blob, str) else None)
+        tomb = ({"segment": meta.get("segment"), "blobs": meta.get("blobs") or []}
+                if fr.kind == "admin.purge" else None)
+        return _Seen(fr.serial, fr.kind, meta.get("source"), meta.get("key"), blob if isinstance(blob, str) else None,
+                     tomb)
 
 
 # ---- checkpoints ------------------------------------------------------------------------
@@ -326,12 +336,14 @@ class _CatalogCheck:
         self.con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
         row = self.con.execute("SELECT value FROM meta WHERE key = 'applied_serial'").fetchone()
         self.applied = int(row[0]) if row else 0
+        # records with no message row by design: quarantined, or purged under retention
         self.quarantined = {(src, key) for src, key in self.con.execute(
-            "SELECT source, key FROM records WHERE state = 'quarantined'")}
+            "SELECT source, key FROM records WHERE state IN ('quarantined', 'purged')")}
         self.messages = self.con.execute(
             "SELECT serial, source, msgid FROM messages ORDER BY serial")
         self.records = self.con.execute(
-            "SELECT raw_serial, source, key FROM records WHERE kind = 'wecom.chatdata' ORDER BY raw_serial")
+            "SELECT raw_serial, source, key FROM records WHERE kind = 'wecom.chatdata' AND state != 'purged' "
+            "ORDER BY raw_serial")
         self.msg_row = next(self.messages, None)
         self.rec_row = next(self.records, None)
 
@@ -431,10 +443,15 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
             except sqlite3.Error as e:
                 report.add(Problem("catalog", "catalog.db", f"unreadable ({e})"))
         journal_blobs: dict[str, int] = {}  # sha256 -> first entry saying it was stored
+        tombstoned: set[str] = set()
+        purged_blobs: set[str] = set()
         try:
             for seen in walk.walk():
                 if seen.blob is not None:
                     journal_blobs.setdefault(seen.blob, seen.serial)
+                if seen.tomb is not None:
+                    tombstoned.add(str(seen.tomb["segment"]))
+                    purged_blobs.update(seen.tomb["blobs"])
                 if check is not None:
                     check.feed(seen)
         except sqlite3.Error as e:
@@ -444,6 +461,9 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
             raise CannotVerify("the master key opens none of the journal's data keys: wrong master key "
                                "(set WXARCHIVE_MASTER_KEY_FILE), or every key file was replaced")
         progress("journal", report.entries)
+        for seg in sorted(walk.shredded - tombstoned):
+            report.add(Problem("keys", f"journal/keys/{Path(seg).stem}.key",
+                               f"the data key of {seg} was destroyed but no purge tombstone says so"))
         report.checkpoints = len(cps)
         for name, cp in cps:
             _check_checkpoint(name, cp, public, archive_id, walk, report)
@@ -453,7 +473,7 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
         good = _check_blobs(home, master, report, progress) if blobs else None
         if good is not None:
             for sha, serial in journal_blobs.items():
-                if sha not in good:
+                if sha not in good and sha not in purged_blobs:
                     report.add(Problem("blob", f"blobs/{sha[:2]}/{sha[2:4]}/{sha}",
                                        f"stored per journal entry {serial}, but missing or damaged", serial))
         if check is not None:

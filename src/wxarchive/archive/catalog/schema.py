@@ -147,3 +147,33 @@ FTS_DDL = [
     "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5("
     "text, content='messages', content_rowid='id', tokenize='trigram case_sensitive 1')",
 ]
+
+# Legal holds (derived from the journal's admin.hold.* events) and purges (from the
+# admin.purge tombstones). A hold with no filter holds everything.
+holds = Table(
+    "holds",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("filters", Text, nullable=False, default="{}"),  # JSON: sender, conversation, since, until, text
+    Column("created_by", String, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("created_serial", BigInteger, nullable=False),
+    Column("released_by", String),
+    Column("released_at", BigInteger),
+    Column("release_reason", Text),
+)
+
+purges = Table(
+    "purges",
+    metadata,
+    Column("segment", String, primary_key=True),  # the journal segment whose data key is destroyed
+    Column("tombstone_serial", BigInteger, nullable=False),
+    Column("purged_at", BigInteger, nullable=False),
+    Column("purged_by", String, nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("retained", Integer, nullable=False),
+)
+
+Index("ix_messages_serial", messages.c.serial)
+Index("ix_messages_raw_serial", messages.c.raw_serial)

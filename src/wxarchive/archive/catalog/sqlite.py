@@ -299,6 +299,93 @@ class Batch:
                 (src, pid, participant_kind(pid), *a) for (src, pid), a in agg.items()
             ])
 
+    # ---- admin events (legal holds, purge tombstones) -------------------------------
+
+    def admin_event(self, kind: str, meta: dict[str, Any], serial: int, at: int) -> None:
+        """What an administrative journal entry changes in the catalog (most change nothing)."""
+        self.flush()
+        cur = self.conn.connection.driver_connection.cursor()
+        if kind == "admin.hold.create":
+            cur.execute("INSERT OR IGNORE INTO holds (name, reason, filters, created_by, created_at, created_serial) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (meta["name"], meta["reason"], _dumps(meta.get("filters") or {}), meta.get("who", ""),
+                         at, serial))
+        elif kind == "admin.hold.release":
+            cur.execute("UPDATE holds SET released_by = ?, released_at = ?, release_reason = ? "
+                        "WHERE name = ? AND released_at IS NULL",
+                        (meta.get("who", ""), at, meta.get("reason"), meta["name"]))
+        elif kind == "admin.purge":
+            self._purge(cur, meta, serial, at)
+
+    def _purge(self, cur, meta: dict[str, Any], serial: int, at: int) -> None:
+        removed = [tuple(k) for k in meta.get("removed", [])]  # (source, key, kind, raw_serial, cursor)
+        convs: set[tuple[str, str]] = set()
+        people: set[tuple[str, str]] = set()
+        for src, key, kind, raw, cursor in removed:
+            row = cur.execute("SELECT id, text, conversation_id, sender, recipients FROM messages "
+                              "WHERE source = ? AND msgid = ?", (src, key)).fetchone()
+            if row is not None:
+                mid, txt, conv, sender, recipients = row
+                if txt:
+                    cur.execute("INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', ?, ?)",
+                                (mid, txt))
+                cur.execute("DELETE FROM attachments WHERE message_id = ?", (mid,))
+                cur.execute("DELETE FROM messages WHERE id = ?", (mid,))
+                convs.add((src, conv))
+                people.update((src, p) for p in [sender, *json.loads(recipients or "[]")] if p)
+            # an upsert: a rebuild from the journal no longer sees the shredded raw entry
+            cur.execute("INSERT INTO records (source, key, kind, raw_serial, cursor, state, reason) "
+                        "VALUES (?, ?, ?, ?, ?, 'purged', ?) ON CONFLICT (source, key) DO UPDATE SET "
+                        "state = 'purged', reason = excluded.reason",
+                        (src, key, kind, raw, cursor, f"purged under retention (journal entry {serial})"))
+        self._recount(cur, convs, people)
+        cur.execute("INSERT OR REPLACE INTO purges (segment, tombstone_serial, purged_at, purged_by, records, retained) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (meta["segment"], serial, at, meta.get("who", ""), len(removed), len(meta.get("retained", []))))
+
+    @staticmethod
+    def _recount(cur, convs: set[tuple[str, str]], people: set[tuple[str, str]]) -> None:
+        """Conversation and participant aggregates as a rebuild from the remaining messages gives them."""
+        for src, conv in convs:
+            n, lo, hi = cur.execute("SELECT count(*), min(sent_at), max(sent_at) FROM messages "
+                                    "WHERE source = ? AND conversation_id = ?", (src, conv)).fetchone()
+            if n == 0:
+                cur.execute("DELETE FROM conversations WHERE source = ? AND id = ?", (src, conv))
+            else:
+                cur.execute("UPDATE conversations SET message_count = ?, first_at = ?, last_at = ? "
+                            "WHERE source = ? AND id = ?", (n, lo, hi, src, conv))
+        for src, pid in people:
+            sent, lo, hi = 0, None, None
+            for sender, t, recipients in cur.execute(
+                    "SELECT sender, sent_at, recipients FROM messages WHERE source = ? AND "
+                    "(sender = ? OR instr(recipients, ?) > 0)", (src, pid, json.dumps(pid))):
+                if sender != pid and pid not in json.loads(recipients or "[]"):
+                    continue
+                sent += sender == pid
+                if t is not None:
+                    lo = t if lo is None or t < lo else lo
+                    hi = t if hi is None or t > hi else hi
+            if not cur.execute("SELECT 1 FROM messages WHERE source = ? AND (sender = ? OR instr(recipients, ?) > 0) "
+                               "LIMIT 1", (src, pid, json.dumps(pid))).fetchone():
+                cur.execute("DELETE FROM participants WHERE source = ? AND id = ?", (src, pid))
+            else:
+                cur.execute("UPDATE participants SET message_count = ?, first_seen = ?, last_seen = ? "
+                            "WHERE source = ? AND id = ?", (sent, lo, hi, src, pid))
+
+    def retained_copy(self, kind: str, meta: dict[str, Any], serial: int) -> None:
+        """An entry copied forward out of a segment about to be purged (a held record): the
+        catalog's rows now derive from the copy."""
+        self.flush()
+        cur = self.conn.connection.driver_connection.cursor()
+        if kind == "wecom.chatdata":
+            cur.execute("UPDATE records SET raw_serial = ? WHERE source = ? AND key = ?",
+                        (serial, meta["source"], meta["key"]))
+            cur.execute("UPDATE messages SET raw_serial = ? WHERE source = ? AND msgid = ? AND raw_serial = ?",
+                        (serial, meta["source"], meta["key"], meta["retained_from"]))
+        elif kind == "wecom.message":
+            cur.execute("UPDATE messages SET serial = ?, raw_serial = ? WHERE source = ? AND msgid = ?",
+                        (serial, meta.get("raw_serial"), meta["source"], meta["key"]))
+
     def attachment_result(self, source: str, msgid: str, path: str, state: str, reason: str | None,
                           sha256: str | None, size: int | None) -> None:
         self.flush()

@@ -1,0 +1,242 @@
+"""Retention, legal holds and purge by crypto-shredding.
+
+An archive is ingested from the session tenant with small journal segments; its retention
+is set to a few milliseconds so every closed segment is past it. Holds are placed on a
+sender and on a word; then dry runs, purges, a crash mid-purge, verify and reindex are
+checked against what must hold: held records never purged, nothing else left readable,
+tombstones and checkpoints verify, the catalog rebuilds to the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import tenant_options
+from test_ingest_wecom import _catalog_dump
+from wxarchive.archive import journal as jmod
+from wxarchive.archive import retention
+from wxarchive.archive.archive import Archive
+from wxarchive.archive.verify import identify, verify_archive
+
+
+@pytest.fixture(scope="module")
+def segmented(tenant, tmp_path_factory) -> Path:
+    from wxarchive.ingest import WeComCapture
+    from wxarchive.simulate.server import serve
+
+    home = tmp_path_factory.mktemp("retention") / "home"
+    saved = jmod.SEGMENT_BYTES
+    jmod.SEGMENT_BYTES = 96 * 1024
+    try:
+        with serve(tenant) as sim, Archive.open(home, create=True) as ar:
+            assert WeComCapture(ar, tenant_options(tenant, sim.proxy_url)).run().status == "ok"
+    finally:
+        jmod.SEGMENT_BYTES = saved
+    (home / "config.toml").write_text("[archive]\nretention_years = 1e-10\n")  # ~3 ms: all closed segments expire
+    return home
+
+
+@pytest.fixture
+def home(segmented, tmp_path, monkeypatch) -> Path:
+    h = tmp_path / "home"
+    shutil.copytree(segmented, h)
+    archive_id = json.loads((h / "archive.json").read_text())["archive_id"]
+    key = tmp_path / "master.key"
+    shutil.copy(Path(os.environ["XDG_CONFIG_HOME"]) / "wxarchive" / "keys" / f"{archive_id}.key", key)
+    key.chmod(0o600)
+    monkeypatch.setenv("WXARCHIVE_MASTER_KEY_FILE", str(key))
+    return h
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wxarchive.cli", "--home", str(home), *args],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ))
+
+
+def _search(home: Path, *args: str) -> dict[str, dict]:
+    done = _cli(home, "search", *args, "--json")
+    assert done.returncode == 0, done.stderr
+    return {(r := json.loads(line))["msgid"]: r for line in done.stdout.splitlines()}
+
+
+def _verify_ok(home: Path) -> None:
+    archive_id, master = identify(home)
+    report = verify_archive(home, master, archive_id)
+    assert report.ok, [p.line() for p in report.problems[:5]]
+
+
+def _top_sender(home: Path) -> str:
+    senders: dict[str, int] = {}
+    for r in _search(home).values():
+        senders[r["sender"]] = senders.get(r["sender"], 0) + 1
+    return max(senders, key=senders.get)
+
+
+def test_holds_are_journaled_listed_and_released(home):
+    sender = _top_sender(home)
+    made = _cli(home, "hold", "create", "SEC-2026-01", "--reason", "SEC inquiry", "--sender", sender)
+    assert made.returncode == 0, made.stderr
+    assert "message(s) match now" in made.stdout
+    again = _cli(home, "hold", "create", "SEC-2026-01", "--reason", "x")
+    assert again.returncode == 2 and "exists already" in again.stderr
+    listed = [json.loads(x) for x in _cli(home, "hold", "list", "--json").stdout.splitlines()]
+    assert [(h["name"], h["active"], h["filters"]) for h in listed] == [("SEC-2026-01", True, {"sender": sender})]
+    assert listed[0]["matching"] == len(_search(home, "--sender", sender))
+    assert _cli(home, "hold", "release", "SEC-2026-01", "--reason", "closed").returncode == 0
+    assert _cli(home, "hold", "release", "SEC-2026-01", "--reason", "closed").returncode == 2
+    assert _cli(home, "hold", "release", "nope", "--reason", "x").returncode == 2
+    listed = [json.loads(x) for x in _cli(home, "hold", "list", "--json").stdout.splitlines()]
+    assert listed[0]["active"] is False and listed[0]["release_reason"] == "closed"
+    with Archive.open(home, readonly=True) as ar:
+        kinds = [e.kind for e in ar.journal.entries() if e.kind.startswith("admin.hold")]
+    assert kinds == ["admin.hold.create", "admin.hold.release"]
+    actions = [json.loads(x)["action"] for x in _cli(home, "audit", "--json").stdout.splitlines()]
+    assert "admin.hold.create" in actions and "admin.hold.release" in actions
+
+
+def test_dry_run_changes_nothing(home):
+    before = {p: p.read_bytes() for p in home.rglob("*") if p.is_file()
+              and "audit" not in p.parts and "logs" not in p.parts and not p.name.startswith("catalog.db")}
+    dry = _cli(home, "purge", "--json")
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["eligible_segments"] == len(plan["segments"]) - 1 >= 4  # all but the open segment
+    assert plan["records_to_purge"] > 100
+    after = {p: p.read_bytes() for p in before}
+    assert before == after
+
+
+def test_purge_keeps_held_records_and_destroys_the_rest(home):
+    sender = _top_sender(home)
+    everything = _search(home)
+    held_sender = {m for m, r in everything.items() if r["sender"] == sender}
+    held_word = {m for m, r in everything.items() if "合同" in r["text"]}
+    assert held_sender and held_word
+    assert _cli(home, "hold", "create", "M-1", "--reason", "litigation", "--sender", sender).returncode == 0
+    assert _cli(home, "hold", "create", "M-2", "--reason", "contracts", "--text", "合同").returncode == 0
+    done = _cli(home, "purge", "--execute", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)["result"]
+    assert result["records_purged"] > 100 and result["records_retained"] > 0
+    after = _search(home)
+    # every held message is still there, byte for byte (text, attachments)
+    for m in held_sender | held_word:
+        assert after.get(m) == everything[m], m
+    # the live segment's messages stay too; everything else is gone
+    gone = set(everything) - set(after)
+    assert gone and not (gone & (held_sender | held_word))
+    _verify_ok(home)
+    # the purged content is unreadable in the journal (shredded keys), tombstones say what went
+    with Archive.open(home, readonly=True) as ar:
+        readable = {e.key for e in ar.journal.entries(kinds={"wecom.message"})}
+        tombs = [e for e in ar.journal.entries(kinds={"admin.purge"})]
+        shredded = [p for p in (home / "journal" / "keys").glob("*.shredded")]
+        status_records = ar.catalog.engine.raw_connection().execute(
+            "SELECT state, count(*) FROM records GROUP BY state").fetchall()
+    assert len(tombs) == len(result["segments"]) == len(shredded)
+    removed = {(k[0], k[1]) for t in tombs for k in t.meta["removed"]}
+    assert {m for _, m in removed} >= gone
+    # Known limit (documented): a record whose raw entry sat in a purged segment but whose
+    # decrypted entry was journaled into the next, kept segment stays readable in the journal
+    # until that segment is purged too. Only such records, and only in the first kept segment.
+    straddlers = gone & readable
+    kept = sorted(p for p in (home / "journal").glob("seg-*.wxj")
+                  if not (home / "journal" / "keys" / (p.stem + ".shredded")).exists())
+    first_kept = int(kept[0].stem.split("-")[1])
+    second_kept = int(kept[1].stem.split("-")[1]) if len(kept) > 1 else float("inf")
+    with Archive.open(home, readonly=True) as ar:
+        where = {e.key: e.serial for e in ar.journal.entries(kinds={"wecom.message"}) if e.key in straddlers}
+    assert all(first_kept <= ser < second_kept for ser in where.values())
+    assert len(straddlers) < len(gone) // 3
+    assert dict(status_records)["purged"] == len(removed)
+    for t in tombs:
+        assert t.meta["who"] and t.meta["signature"] and t.meta["retention_years"] == 1e-10
+    # purged media is deleted unless a kept message uses the same bytes
+    kept_shas = {a["sha256"] for r in after.values() for a in r["attachments"] if a["sha256"]}
+    for sha in {sha for t in tombs for sha in t.meta["blobs"]}:
+        assert not (home / "blobs" / sha[:2] / sha[2:4] / sha).exists()
+        assert sha not in kept_shas
+    for sha in kept_shas:
+        assert (home / "blobs" / sha[:2] / sha[2:4] / sha).exists()
+    # the catalog rebuilds from the journal to the same rows
+    with Archive.open(home) as ar:
+        from wxarchive.ingest import reindex
+
+        before = _catalog_dump(ar.catalog.engine)
+        reindex(ar)
+        assert _catalog_dump(ar.catalog.engine) == before
+    _verify_ok(home)
+    # a second purge finds nothing more to do
+    again = json.loads(_cli(home, "purge", "--execute", "--json").stdout)
+    assert again["result"]["records_purged"] == 0
+
+
+def test_a_destroyed_key_without_tombstone_is_tampering(home):
+    key = sorted((home / "journal" / "keys").glob("seg-*.key"))[0]
+    key.unlink()
+    (key.with_suffix(".shredded")).write_text("{}")  # a forged marker alone proves nothing
+    bad = _cli(home, "verify")
+    assert bad.returncode == 1 and "destroyed but no purge tombstone says so" in bad.stdout
+
+
+def _crashing_purge(home: Path, point: str) -> None:
+    """In a child: purge, dying (as kill -9 would) at ``point``."""
+    from wxarchive.ingest import apply
+
+    if point == "after_copy":  # held records copied forward, no tombstone yet
+
+        def die(*a):
+            os._exit(137)
+
+        retention._tombstone = die
+    elif point == "before_shred":
+        jmod.Journal.shred = lambda self, *a: os._exit(137)
+    elif point == "mid_blobs":
+        real_unlink = Path.unlink
+        count = {"n": 0}
+
+        def unlink(self, *a, **k):
+            count["n"] += 1
+            if count["n"] > 3:
+                os._exit(137)
+            return real_unlink(self, *a, **k)
+
+        Path.unlink = unlink
+    policy = retention.RetentionPolicy(1e-10)
+    with Archive.open(home) as ar:
+        retention.execute_purge(ar, retention.plan_purge(ar, policy), apply)
+    os._exit(0)
+
+
+@pytest.mark.parametrize("point", ["after_copy", "mid_blobs", "before_shred"])
+def test_a_crash_mid_purge_is_finished_by_rerunning(home, point):
+    sender = _top_sender(home)
+    assert _cli(home, "hold", "create", "M-1", "--reason", "r", "--sender", sender).returncode == 0
+    everything = _search(home)
+    held = {m for m, r in everything.items() if r["sender"] == sender}
+    ctx = multiprocessing.get_context("fork")
+    p = ctx.Process(target=_crashing_purge, args=(home, point))
+    p.start()
+    p.join(120)
+    assert p.exitcode == 137
+    done = _cli(home, "purge", "--execute")
+    assert done.returncode == 0, done.stderr
+    _verify_ok(home)
+    after = _search(home)
+    for m in held:
+        assert after.get(m) == everything[m]
+    assert len(after) < len(everything)
+    with Archive.open(home, readonly=True) as ar:
+        shredded = {p.stem for p in (home / "journal" / "keys").glob("*.shredded")}
+        keys = {p.stem for p in (home / "journal" / "keys").glob("*.key")}
+        tombs = [e.meta["segment"] for e in ar.journal.entries(kinds={"admin.purge"})]
+    assert not (shredded & keys)  # every tombstoned segment's key is gone
+    assert sorted(Path(t).stem for t in tombs) == sorted(shredded)
