@@ -71,6 +71,7 @@ def _setup_logging(home: Path) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from wxarchive.archive.archive import ArchiveError
     from wxarchive.archive.blobs import BlobError
+    from wxarchive.archive.catalog.sqlite import CatalogError
     from wxarchive.archive.journal import JournalError
     from wxarchive.archive.keys import KeyError_
     from wxarchive.capture.wecom.decrypt import KeyLoadError
@@ -80,7 +81,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from wxarchive.archive.audit import AuditError
     from wxarchive.archive.retention import RetentionError
 
-    return (cfg.ConfigError, ArchiveError, AuditError, RetentionError, BlobError, JournalError, KeyError_, KeyLoadError, SdkError,
+    return (cfg.ConfigError, ArchiveError, AuditError, RetentionError, CatalogError, BlobError, JournalError, KeyError_, KeyLoadError, SdkError,
             SdkLoadError, CaptureError, QueryError)
 
 
@@ -94,8 +95,11 @@ def _open_archive(create: bool = False, readonly: bool = False):
     from wxarchive.archive.archive import Archive
 
     settings = cfg.load_settings(state.home) if state.home.exists() else cfg.Settings()
+    enc = settings.archive.get("catalog_encryption", "none")
+    if enc not in ("none", "sqlcipher"):
+        fail(f"{settings.path}: [archive] catalog_encryption must be \"none\" or \"sqlcipher\", not {enc!r}")
     return Archive.open(state.home, create=create, master_key_file=settings.archive.get("master_key_file"),
-                        readonly=readonly), settings
+                        readonly=readonly, encrypt_catalog=enc == "sqlcipher"), settings
 
 
 # ---- simulate ---------------------------------------------------------------------------

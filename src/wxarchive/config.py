@@ -9,6 +9,7 @@ a config file is something people paste into tickets.
     [archive]
     timezone = "Asia/Shanghai"          # how times are shown; stored times are UTC
     master_key_file = "/etc/wxarchive/master.key"
+    catalog_encryption = "none"         # or "sqlcipher" (chosen when the archive is created)
     retention_years = 7                 # how long records are kept from capture (purge)
     retention_by_source = { "wecom:ww0123456789abcdef" = 10 }
 

@@ -64,12 +64,13 @@ class Archive:
 
     @classmethod
     def open(cls, home: Path, *, create: bool = False, master_key_file: str | None = None,
-             readonly: bool = False) -> Archive:
+             readonly: bool = False, encrypt_catalog: bool = False) -> Archive:
         """Open (or with ``create`` make) the archive at ``home``.
 
         A writer takes the archive's writer lock first (:class:`ArchiveError` if another
         process holds it) and then repairs a torn journal tail; ``readonly`` opens take
-        no lock and change nothing.
+        no lock and change nothing. ``encrypt_catalog`` (when creating): the catalog is an
+        SQLCipher database under a random key kept wrapped in ``keys/catalog.key``.
         """
         if create and readonly:
             raise ValueError("an archive cannot be created read-only")
@@ -99,7 +100,7 @@ class Archive:
         try:
             journal = Journal.open(home / "journal", master, readonly=readonly)
             blobs = BlobStore(home / "blobs", master)
-            catalog = Catalog.open(home / "catalog.db")
+            catalog = Catalog.open(home / "catalog.db", _catalog_key(home, master, create and encrypt_catalog))
             signer = None if readonly else Signer.load_or_create(home / "keys", master)
         except BaseException:
             if lock_fd is not None:
@@ -203,3 +204,21 @@ def _take_writer_lock(home: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _catalog_key(home: Path, master, create: bool) -> bytes | None:
+    """The SQLCipher key of an encrypted catalog (made when ``create``), or None for plain."""
+    from wxarchive.archive.files import write_atomic
+    from wxarchive.archive.keys import new_data_key
+
+    path = home / "keys" / "catalog.key"
+    if path.exists():
+        return master.unwrap(path.read_bytes())
+    if not create:
+        return None
+    if (home / "catalog.db").exists():
+        raise ArchiveError(f"{home}: the catalog exists unencrypted; encrypt it only when creating an archive")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = new_data_key()
+    write_atomic(path, master.wrap(key), 0o600)
+    return key

@@ -2,7 +2,8 @@
 
 What is wrapped under the master key: each journal segment's data key
 (``journal/keys/*.key``), each access-log segment's (``audit/keys/*.key``), the archive's
-signing key (``keys/signing.key``) and each blob's own data key (in the blob's header).
+signing key (``keys/signing.key``), the SQLCipher catalog key if any (``keys/catalog.key``)
+and each blob's own data key (in the blob's header).
 Rotation never decrypts or re-encrypts a message or a media file: it opens each wrapped
 key with the old master key and wraps it again with the new one.
 
@@ -57,8 +58,8 @@ class RotationResult:
 
 def _wrapped_key_files(home: Path) -> list[Path]:
     files = sorted((home / "journal" / "keys").glob("*.key")) + sorted((home / "audit" / "keys").glob("*.key"))
-    signing = home / "keys" / "signing.key"
-    return files + ([signing] if signing.exists() else [])
+    extra = [p for p in (home / "keys" / "signing.key", home / "keys" / "catalog.key") if p.exists()]
+    return files + extra
 
 
 def _blob_files(home: Path) -> list[Path]:

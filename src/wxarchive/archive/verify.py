@@ -57,6 +57,17 @@ from wxarchive.archive.journal import (
 from wxarchive.archive.keys import KeyError_, MasterKeyProvider, load_archive_master_key
 
 MAX_PROBLEMS = 100
+
+
+def _db_errors() -> tuple[type[Exception], ...]:
+    try:
+        from sqlcipher3 import dbapi2
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, dbapi2.Error)
+
+
+_DB_ERRORS = _db_errors()  # an SQLCipher catalog raises its own DB-API error classes
 _KNOWN_FILES = {"append.lock", "head.json"}  # the access log's lock and signed head
 _U32 = 4
 
@@ -331,9 +342,11 @@ class _CatalogCheck:
     """Merge joins, in serial order, of the journal's entries (fed one by one as the journal
     is walked) against the catalog's rows: bounded memory however large the archive."""
 
-    def __init__(self, db_path: Path, report: Report):
+    def __init__(self, db_path: Path, report: Report, key: bytes | None = None):
+        from wxarchive.archive.catalog.sqlite import connect_dbapi
+
         self.name, self.report = db_path.name, report
-        self.con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        self.con = connect_dbapi(db_path, key, readonly=True)
         row = self.con.execute("SELECT value FROM meta WHERE key = 'applied_serial'").fetchone()
         self.applied = int(row[0]) if row else 0
         # records with no message row by design: quarantined, or purged under retention
@@ -438,9 +451,12 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
     check: _CatalogCheck | None = None
     try:
         if catalog and (home / "catalog.db").exists():
+            from wxarchive.archive.catalog.sqlite import CatalogError
+
             try:
-                check = _CatalogCheck(home / "catalog.db", report)
-            except sqlite3.Error as e:
+                ck = home / "keys" / "catalog.key"
+                check = _CatalogCheck(home / "catalog.db", report, master.unwrap(ck.read_bytes()) if ck.exists() else None)
+            except (*_DB_ERRORS, CatalogError, KeyError_) as e:
                 report.add(Problem("catalog", "catalog.db", f"unreadable ({e})"))
         journal_blobs: dict[str, int] = {}  # sha256 -> first entry saying it was stored
         tombstoned: set[str] = set()
@@ -454,7 +470,7 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
                     purged_blobs.update(seen.tomb["blobs"])
                 if check is not None:
                     check.feed(seen)
-        except sqlite3.Error as e:
+        except _DB_ERRORS as e:
             report.add(Problem("catalog", "catalog.db", f"unreadable ({e})"))
             check = None
         if walk.key_failures and not walk.keys_opened:
@@ -479,7 +495,7 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
         if check is not None:
             try:
                 check.finish(good)
-            except sqlite3.Error as e:
+            except _DB_ERRORS as e:
                 report.add(Problem("catalog", "catalog.db", f"unreadable ({e})"))
     finally:
         if check is not None:

@@ -70,14 +70,47 @@ def _dumps(v: Any) -> str:
     return _ENCODER.encode(v)
 
 
+class CatalogError(Exception):
+    """The catalog cannot be opened (e.g. SQLCipher wanted but not installed)."""
+
+
+def connect_dbapi(path: Path, key: bytes | None = None, readonly: bool = False):
+    """A DB-API connection to the catalog: plain SQLite, or SQLCipher when ``key`` is given
+    (raw 256-bit key; ``PRAGMA key`` must be the first statement on the connection)."""
+    if key is None:
+        import sqlite3
+
+        return sqlite3.connect(f"file:{path}?mode=ro" if readonly else str(path), uri=readonly,
+                               check_same_thread=False)
+    try:
+        from sqlcipher3 import dbapi2 as sqlcipher
+    except ImportError:
+        raise CatalogError(f"{path} is encrypted with SQLCipher, but the sqlcipher3 module is not installed "
+                           "(pip install sqlcipher3-binary)") from None
+    con = sqlcipher.connect(f"file:{path}?mode=ro" if readonly else str(path), uri=readonly,
+                            check_same_thread=False)
+    con.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlcipher.DatabaseError:
+        con.close()
+        raise CatalogError(f"{path}: the catalog key does not open this SQLCipher database") from None
+    return con
+
+
 class Catalog:
     def __init__(self, engine: Engine, path: Path):
         self.engine = engine
         self.path = path
 
     @classmethod
-    def open(cls, path: Path) -> Catalog:
-        engine = create_engine(f"sqlite:///{path}")
+    def open(cls, path: Path, key: bytes | None = None) -> Catalog:
+        """Open (creating and migrating as needed) the catalog; ``key``: SQLCipher-encrypted."""
+        if key is None:
+            engine = create_engine(f"sqlite:///{path}")
+        else:
+            connect_dbapi(path, key).close()  # fail here, clearly, on a wrong key or a missing module
+            engine = create_engine("sqlite://", creator=lambda: connect_dbapi(path, key))
         event.listen(engine, "connect", _on_connect)
         cat = cls(engine, path)
         from wxarchive.archive.catalog.migrate import upgrade
