@@ -335,10 +335,12 @@ def test_exported_checkpoint_proves_extension_and_catches_rewrites(pristine, ide
     res = _cli(home, "verify", "--no-catalog", "--against-checkpoint", str(copy))
     assert res.returncode == 1
     assert f"{copy} entry {cp_serial}: signed entry {cp_serial} but the journal ends at {serial - 1}" in res.stdout
-    # a copy altered to claim another archive no longer verifies under the archive's key
+    # another archive's checkpoint is named as such; an altered one does not verify
     d = json.loads(copy.read_text())
-    d["archive_id"] = "wxa-0000000000000000"
-    copy.write_text(json.dumps(d))
+    copy.write_text(json.dumps({**d, "archive_id": "wxa-0000000000000000"}))
+    res = _cli(home, "verify", "--no-catalog", "--against-checkpoint", str(copy))
+    assert res.returncode == 1 and "is a checkpoint of archive wxa-0000000000000000, not of" in res.stdout
+    copy.write_text(json.dumps({**d, "time": d["time"] + 1}))
     res = _cli(home, "verify", "--no-catalog", "--against-checkpoint", str(copy))
     assert res.returncode == 1 and "signature does not verify" in res.stdout
 

@@ -85,6 +85,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             SdkLoadError, CaptureError, QueryError)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0, 9), *range(11, 32), 127]}
+
+
+def safe(text: str) -> str:
+    """Text from messages, names or the environment, made inert for a terminal (no escape
+    sequences); newlines are kept."""
+    return text.translate(_CONTROL) if isinstance(text, str) else text
+
+
 def fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -378,8 +387,8 @@ def _print_message(r: dict) -> None:
     )
     recalled = " (recalled)" if r["recalled_by"] else ""
     out.print(
-        f"{r['sent_at'] or 'time unknown'}  {r['conversation']}  {r['sender'] or '-'}  [{r['kind']}]{recalled}\n"
-        f"    {r['text'][:500]}{atts}",
+        safe(f"{r['sent_at'] or 'time unknown'}  {r['conversation']}  {r['sender'] or '-'}  [{r['kind']}]{recalled}\n"
+             f"    {r['text'][:500]}{atts}"),
         highlight=False, markup=False,
     )
 
@@ -388,6 +397,9 @@ def _print_message(r: dict) -> None:
 def show_cmd(conversation: str = typer.Argument(..., help="Conversation id (roomid, or 'a|b' for 1:1) or group name.")) -> None:
     """Print a conversation's transcript in time order."""
     from wxarchive.search.query import Query, search
+
+    if not conversation.strip():
+        fail("give a conversation id or group name (see 'wxarchive search --json' for ids)")
 
     archive, settings = _open_archive(readonly=True)
     try:
@@ -505,8 +517,9 @@ def audit_cmd(
         who = ev.who + (f" for {ev.on_behalf_of}" if ev.on_behalf_of else "")
         q = " ".join(f"{k}={v!r}" for k, v in ev.query.items())
         files = f", {len(ev.files)} file(s)" if ev.files else ""
-        out.print(f"{d['at']}  #{ev.serial}  {who}  {ev.action}  {q}  -> {ev.results if ev.results is not None else '-'}"
-                  f"{files}", highlight=False, markup=False, soft_wrap=True)
+        out.print(safe(f"{d['at']}  #{ev.serial}  {who}  {ev.action}  {q}  -> "
+                       f"{ev.results if ev.results is not None else '-'}{files}"),
+                  highlight=False, markup=False, soft_wrap=True)
     if not as_json:
         err.print(f"{len(events)} event(s)")
 
@@ -532,15 +545,27 @@ def keys_rotate_cmd() -> None:
     out.print(f"master key rotated: {result.old_key_id} -> {result.new_key_id} ({result.counts['rewrapped']} keys "
               f"re-wrapped, {result.counts['already']} already done); new key in {result.key_file}: back it up",
               highlight=False, soft_wrap=True)
+    if result.retired_key_file:
+        out.print(f"the old key is kept as {result.retired_key_file}: backups taken before now need it; destroy it "
+                  "once they are re-taken", highlight=False, soft_wrap=True)
 
 
 @keys_app.command("public")
 def keys_public_cmd() -> None:
     """Print the archive's Ed25519 public key (PEM), for auditors who check checkpoints."""
+    if not (state.home / "archive.json").exists():
+        fail(f"no archive at {state.home} (pass --home or set WXARCHIVE_HOME)")
     path = state.home / "keys" / "signing.pub"
     if not path.exists():
         fail(f"{path}: no signing key yet (it is made by the first ingest)")
-    print(path.read_text(), end="")
+    from wxarchive.archive.checkpoints import CheckpointError, load_public_pem
+
+    try:
+        text = path.read_text(encoding="ascii")
+        load_public_pem(text, str(path))
+    except (OSError, UnicodeDecodeError, CheckpointError):
+        fail(f"{path}: not the archive's public key (unreadable or altered); run 'wxarchive verify'", 1)
+    print(text, end="")
 
 
 # ---- retention --------------------------------------------------------------------------
@@ -694,6 +719,8 @@ def checkpoint_cmd(
     out_file: Optional[Path] = typer.Option(None, "--out", help="Also write a copy, with the public key, for an auditor."),
 ) -> None:
     """Sign the journal's head now (Ed25519) and optionally export the checkpoint."""
+    if out_file is not None and (not out_file.parent.is_dir() or out_file.is_dir()):
+        fail(f"--out {out_file}: {'is a directory' if out_file.is_dir() else 'its folder does not exist'}")
     archive, _ = _open_archive()
     try:
         cp = archive.checkpoint(force=True)

@@ -53,7 +53,15 @@ class Settings:
 
     @property
     def timezone(self) -> str:
-        return os.environ.get("WXARCHIVE_TZ") or self.archive.get("timezone") or "Asia/Shanghai"
+        tz = os.environ.get("WXARCHIVE_TZ") or self.archive.get("timezone") or "Asia/Shanghai"
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(str(tz))
+        except (ZoneInfoNotFoundError, ValueError):
+            where = "WXARCHIVE_TZ" if os.environ.get("WXARCHIVE_TZ") else f"{self.path}: [archive] timezone"
+            raise ConfigError(f"{where}: unknown time zone {tz!r} (use an IANA name such as Asia/Shanghai)") from None
+        return str(tz)
 
 
 def load_settings(home: Path) -> Settings:
@@ -68,6 +76,9 @@ def load_settings(home: Path) -> Settings:
         sec = data.get(section, {})
         if not isinstance(sec, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
+        for key, value in sec.items():
+            if (key.endswith("_file") or key in ("corp_id", "proxy", "sdk_lib", "timezone")) and not isinstance(value, str):
+                raise ConfigError(f"{path}: [{section}] {key} must be a string, not {type(value).__name__}")
         bad = FORBIDDEN_INLINE & set(sec)
         if bad:
             raise ConfigError(

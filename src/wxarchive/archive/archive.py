@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from wxarchive.archive.keys import (
 )
 
 FORMAT = 1
+_ARCHIVE_ID = re.compile(r"wxa-[0-9a-f]{16}")
 
 
 class ArchiveError(Exception):
@@ -93,9 +95,12 @@ class Archive:
                 info = json.loads(info_path.read_text())
             except (OSError, ValueError) as e:
                 raise ArchiveError(f"{info_path}: unreadable ({e.__class__.__name__})") from None
+            if not isinstance(info, dict) or not _ARCHIVE_ID.fullmatch(str(info.get("archive_id", ""))):
+                raise ArchiveError(f"{info_path}: not an archive description (no valid archive_id)")
             if info.get("format") != FORMAT:
                 raise ArchiveError(f"{info_path}: archive format {info.get('format')} is not supported")
             master = load_archive_master_key(home, info["archive_id"], master_key_file)
+        _check_master_key(home, master)  # before anything is written with it (an access log, say)
         lock_fd = None if readonly else _take_writer_lock(home)
         try:
             journal = Journal.open(home / "journal", master, readonly=readonly)
@@ -222,3 +227,21 @@ def _catalog_key(home: Path, master, create: bool) -> bytes | None:
     key = new_data_key()
     write_atomic(path, master.wrap(key), 0o600)
     return key
+
+
+def _check_master_key(home: Path, master) -> None:
+    """Refuse a master key that opens none of this archive's wrapped keys."""
+    from wxarchive.archive.keys import KeyError_
+
+    probes = [home / "keys" / "signing.key", *sorted((home / "journal" / "keys").glob("*.key"))[:1]]
+    probes = [p for p in probes if p.exists()]
+    if not probes:
+        return  # a new archive: nothing is wrapped yet
+    for p in probes:
+        try:
+            master.unwrap(p.read_bytes())
+            return
+        except (KeyError_, OSError):
+            continue
+    raise KeyError_(f"{home}: the master key opens none of this archive's keys: wrong master key "
+                    "(set WXARCHIVE_MASTER_KEY_FILE or WXARCHIVE_MASTER_KEY)")

@@ -22,12 +22,13 @@ import fcntl
 import os
 import pwd
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wxarchive.archive.checkpoints import Signer
+from wxarchive.archive.checkpoints import CheckpointError, Signer, read_checkpoint, signature_ok
 from wxarchive.archive.files import write_atomic
 from wxarchive.archive.journal import Journal, JournalError
 from wxarchive.archive.keys import MasterKeyProvider
@@ -35,6 +36,22 @@ from wxarchive.archive.keys import MasterKeyProvider
 AUDIT_DIR = "audit"
 SEGMENT_BYTES = 4 * 1024 * 1024
 EVENT_KIND = "access"
+
+
+LOCK_WAIT = 10.0  # seconds a reader waits for another reader's append
+
+
+def _lock(fd: int, where: Path) -> None:
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise AuditError(f"{where}: the access log is locked by another process for over {LOCK_WAIT:.0f} s; "
+                                 "refusing to show results") from None
+            time.sleep(0.05)
 
 
 class AuditError(Exception):
@@ -87,24 +104,43 @@ class AccessLog:
             raise AuditError(f"{self.dir}: cannot record this access in the audit log "
                              f"({e.strerror or e.__class__.__name__}); refusing to show results") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _lock(fd, self.dir)
             journal = Journal.open(self.dir, self.master)
             journal.segment_bytes = SEGMENT_BYTES
             try:
+                signer = Signer.load(self.home / "keys", self.master)
+                self._check_head(journal, signer)
                 serial = journal.append(EVENT_KIND, meta)
                 journal.sync()
-                self._sign_head(journal)
+                self._sign_head(journal, signer)
             finally:
                 journal.close()
-        except (OSError, JournalError) as e:
+        except (OSError, JournalError, CheckpointError) as e:
             raise AuditError(f"{self.dir}: cannot record this access in the audit log ({e}); "
                              "refusing to show results") from None
         finally:
             os.close(fd)
         return serial
 
-    def _sign_head(self, journal: Journal) -> None:
-        signer = Signer.load(self.home / "keys", self.master)
+    def _check_head(self, journal: Journal, signer: Signer | None) -> None:
+        """Never append after a cut or an edit: the next signed head would hide it."""
+        head_path = self.dir / "head.json"
+        if not head_path.exists():
+            if journal.head_serial and signer is not None:
+                raise AuditError(f"{head_path}: the access log's signed head is missing; run 'wxarchive verify'; "
+                                 "refusing to show results")
+            return
+        cp = read_checkpoint(head_path)
+        ok = signer is None or signature_ok(cp, signer.public)
+        if cp.serial == journal.head_serial:
+            ok = ok and cp.head_hash == journal.head_hash.hex()
+        elif cp.serial != journal.head_serial - 1:  # one behind: an append that died before signing
+            ok = False
+        if not ok:
+            raise AuditError(f"{self.dir}: the access log does not match its signed head (entries cut or altered); "
+                             "run 'wxarchive verify'; refusing to show results")
+
+    def _sign_head(self, journal: Journal, signer: Signer | None) -> None:
         if signer is None:  # an archive never opened for writing has no signing key yet
             return
         cp = signer.sign(self.archive_id, journal.head_serial, journal.head_hash, journal.head_segment())

@@ -109,6 +109,9 @@ class Signer:
         existing = cls.load(keys_dir, master)
         if existing is not None:
             return existing
+        if pub_path.exists():  # never silently replace the key auditors hold the public half of
+            raise KeyError_(f"{wrapped_path} is missing but {pub_path.name} exists: restore the signing key from "
+                            "backup (a new key would orphan every checkpoint auditors hold)")
         private = Ed25519PrivateKey.generate()
         raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                     serialization.NoEncryption())
@@ -149,8 +152,10 @@ def read_checkpoint(path: Path) -> Checkpoint:
             segment=str(d["segment"]), time=int(d["time"]), key_fingerprint=str(d["key_fingerprint"]),
             signature=str(d["signature"]), public_key=str(d.get("public_key") or ""),
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a checkpoint (field {e} missing or malformed)") from None
+    except KeyError as e:
+        raise CheckpointError(f"{path}: not a checkpoint (field {e} missing)") from None
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: not a checkpoint (a field has the wrong type)") from None
     return cp
 
 

@@ -107,7 +107,12 @@ def read_key_file(path: Path) -> LocalMasterKey:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise KeyError_(f"master key file {path} is readable by others (mode {mode:o}); chmod 600 it")
-    key = _parse_hex_key(path.read_text(), str(path))
+    try:
+        text = path.read_text(encoding="ascii")
+    except (UnicodeDecodeError, OSError) as e:
+        raise KeyError_(f"master key file {path}: not 64 hex characters "
+                        f"({'binary content' if isinstance(e, UnicodeDecodeError) else e.__class__.__name__})") from None
+    key = _parse_hex_key(text, str(path))
     return LocalMasterKey(key, _key_id(key))
 
 

@@ -18,8 +18,10 @@ Crash-safe at every step, and resumable by running it again:
    rotation is journaled as an admin event (who, old and new key ids, counts).
 
 The master key must come from a file for this (WXARCHIVE_MASTER_KEY from the environment
-cannot be replaced by us); the old key is gone at the end, as a rotation after a suspected
-compromise requires: back up the new key file before relying on it.
+cannot be replaced by us). Before anything changes, every wrapped key must open (a damaged
+one is named and the rotation refused). At the end the old key is kept beside the new one as
+``<key file>.retired-<old key id>``: backups of the home taken before the rotation need it.
+After a suspected compromise, re-take the backups and then destroy the retired file.
 """
 
 from __future__ import annotations
@@ -54,6 +56,27 @@ class RotationResult:
     new_key_id: str
     key_file: str
     counts: dict[str, int] = field(default_factory=lambda: {"rewrapped": 0, "already": 0})
+    retired_key_file: str | None = None
+
+
+def _precheck(home: Path, old: LocalMasterKey) -> None:
+    """Every wrapped key must open before a rotation starts; names the first that does not."""
+    for p in _wrapped_key_files(home):
+        try:
+            old.unwrap(p.read_bytes())
+        except (KeyError_, OSError):
+            raise KeyError_(f"{p}: does not open with the current master key; nothing was changed "
+                            "(run 'wxarchive verify', restore the file, then rotate)") from None
+    for p in _blob_files(home):
+        try:
+            raw = p.read_bytes()
+            if raw[:4] != BLOB_MAGIC:
+                raise KeyError_("bad magic")
+            (n,) = struct.unpack_from(">H", raw, 4)
+            old.unwrap(raw[6 : 6 + n])
+        except (KeyError_, OSError, struct.error):
+            raise KeyError_(f"{p}: damaged blob (its key does not open); nothing was changed "
+                            "(run 'wxarchive verify', restore the blob, then rotate)") from None
 
 
 def _wrapped_key_files(home: Path) -> list[Path]:
@@ -120,15 +143,26 @@ def rotate_master_key(home: Path, archive_id: str, master, key_file: str | None 
         return RotationResult(master.key_id, master.key_id, str(path)), master
     else:
         old = master
+        _precheck(home, old)  # a damaged key or blob would be stranded under the old key: stop first
         new = read_key_file(new_path) if new_path.exists() else create_key_file_atomically(new_path)
         write_atomic(marker, json.dumps({"from": old.key_id, "to": new.key_id, "key_file": str(path),
                                          "started_at": int(time.time() * 1000)}).encode(), 0o600)
     result = RotationResult(old.key_id, new.key_id, str(path))
     todo = [(p, _rewrap_key_file) for p in _wrapped_key_files(home)] + [(p, _rewrap_blob) for p in _blob_files(home)]
     for i, (p, fn) in enumerate(todo, 1):
-        result.counts["rewrapped" if fn(p, new, old) else "already"] += 1
+        try:
+            result.counts["rewrapped" if fn(p, new, old) else "already"] += 1
+        except OSError as e:
+            raise KeyError_(f"{p}: cannot be re-wrapped ({e.strerror or e.__class__.__name__}); fix it and run "
+                            "'wxarchive keys rotate' again to finish") from None
         progress(i, len(todo))
-    os.replace(new_path, path)  # step 3: the old key is gone
+    # step 3: the new key becomes the key; the old one is kept beside it as retired, because
+    # backups taken before the rotation still need it (destroy it once they are re-taken)
+    retired = path.with_name(f"{path.name}.retired-{old.key_id}")
+    if path.exists() and not retired.exists():
+        os.link(path, retired)
+    os.replace(new_path, path)
     fsync_dir(path.parent)
+    result.retired_key_file = str(retired)
     marker.unlink(missing_ok=True)
     return result, new

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from wxarchive.archive.blobs import BlobError, BlobStore
 from wxarchive.archive.checkpoints import (
+    CHECKPOINT_EVERY,
     Checkpoint,
     CheckpointError,
     fingerprint,
@@ -207,6 +208,11 @@ class _JournalWalk:
             except (JournalError, OSError, ValueError, KeyError, TypeError) as e:
                 r.add(Problem("journal", name, f"segment header unreadable ({e.__class__.__name__})", offset=0))
                 continue
+            bad = [k for k, want in (("segment", seg.name), ("cipher", "AES-256-GCM"), ("chain", "SHA-256"))
+                   if header.get(k) != want]
+            if bad or not isinstance(header.get("created_at"), int):
+                r.add(Problem("journal", name, f"segment header altered ({', '.join(bad) or 'created_at'})",
+                              serial=hdr_first, offset=0))
             if first != hdr_first:
                 r.add(Problem("journal", name, f"segment name says it starts at entry {first}, its header "
                                                f"{hdr_first} (renamed or swapped)", serial=hdr_first, offset=0))
@@ -419,6 +425,10 @@ def identify(home: Path, master_key_file: str | None = None) -> tuple[str, Maste
         raise CannotVerify(f"no archive at {home} (no archive.json)") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CannotVerify(f"{info_path}: unreadable ({e.__class__.__name__})") from None
+    import re
+
+    if not re.fullmatch(r"wxa-[0-9a-f]{16}", archive_id):
+        raise CannotVerify(f"{info_path}: not an archive description (no valid archive_id)")
     try:
         return archive_id, load_archive_master_key(home, archive_id, master_key_file)
     except KeyError_ as e:
@@ -446,6 +456,8 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
     except (OSError, CheckpointError):
         if cps or external:
             report.add(Problem("checkpoint", "keys/signing.pub", "the archive's public key is missing or unreadable"))
+    if pub_path.exists() and not (home / "keys" / "signing.key").exists():
+        report.add(Problem("keys", "keys/signing.key", "missing (signing.pub is there): restore it from backup"))
     wanted = {cp.serial for _, cp in cps} | ({external.serial} if external else set())
     walk = _JournalWalk(journal_dir, master, report, wanted, progress)
     check: _CatalogCheck | None = None
@@ -473,7 +485,7 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
         except _DB_ERRORS as e:
             report.add(Problem("catalog", "catalog.db", f"unreadable ({e})"))
             check = None
-        if walk.key_failures and not walk.keys_opened:
+        if walk.key_failures and not walk.keys_opened and not _opens_signing_key(home, master):
             raise CannotVerify("the master key opens none of the journal's data keys: wrong master key "
                                "(set WXARCHIVE_MASTER_KEY_FILE), or every key file was replaced")
         progress("journal", report.entries)
@@ -481,6 +493,22 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
             report.add(Problem("keys", f"journal/keys/{Path(seg).stem}.key",
                                f"the data key of {seg} was destroyed but no purge tombstone says so"))
         report.checkpoints = len(cps)
+        newest = max((cp.serial for _, cp in cps), default=0)
+        if not cps and report.entries >= CHECKPOINT_EVERY:
+            report.add(Problem("checkpoint", "journal/checkpoints", f"no signed checkpoint for a journal of "
+                                                                   f"{report.entries} entries (deleted?)"))
+        elif not cps and report.entries:
+            report.notes.append("journal/checkpoints: none yet (a first capture that did not finish?)")
+        if catalog and report.entries:
+            if not (home / "catalog.db").exists():
+                report.add(Problem("catalog", "catalog.db", "missing: run 'wxarchive reindex' to rebuild it"))
+            elif check is not None and check.applied == 0 and newest:
+                report.add(Problem("catalog", "catalog.db", f"reflects none of the journal's {report.entries} "
+                                                            "entries (deleted and recreated empty?): run "
+                                                            "'wxarchive reindex'"))
+            elif check is not None and check.applied < newest:  # e.g. a crash before the catalog caught up
+                report.notes.append(f"catalog.db: reflects the journal up to entry {check.applied}, behind its "
+                                    f"checkpoint at {newest}; the next ingest catches up (or run 'wxarchive reindex')")
         for name, cp in cps:
             _check_checkpoint(name, cp, public, archive_id, walk, report)
         if external is not None:
@@ -541,9 +569,21 @@ def _check_audit(audit_dir: Path, master: MasterKeyProvider, public, archive_id:
                             "(an append interrupted before signing)")
 
 
+def _opens_signing_key(home: Path, master: MasterKeyProvider) -> bool:
+    try:
+        master.unwrap((home / "keys" / "signing.key").read_bytes())
+        return True
+    except (OSError, KeyError_):
+        return False
+
+
 def _check_external(name: str, cp: Checkpoint, public, archive_id: str, walk: _JournalWalk,
                     report: Report) -> None:
     """An auditor's exported checkpoint: signed by this archive's key, and still extended."""
+    if cp.archive_id != archive_id:
+        report.add(Problem("checkpoint", name, f"is a checkpoint of archive {cp.archive_id}, not of {archive_id}",
+                           cp.serial))
+        return
     if cp.public_key:
         try:
             embedded = load_public_pem(cp.public_key, name)

@@ -55,9 +55,9 @@ def parse_when(value: str, tz: str, *, end: bool = False) -> int:
             dt = datetime.fromisoformat(value)
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=zone)
-    except ValueError:
+        return int(dt.timestamp() * 1000)
+    except (ValueError, OverflowError):
         raise QueryError(f"not a date or ISO 8601 time: {value!r} (use e.g. 2024-03-10 or 2024-03-10T15:00+08:00)") from None
-    return int(dt.timestamp() * 1000)
 
 
 def check_kind(engine, kind: str) -> None:

@@ -113,9 +113,16 @@ class Catalog:
             engine = create_engine("sqlite://", creator=lambda: connect_dbapi(path, key))
         event.listen(engine, "connect", _on_connect)
         cat = cls(engine, path)
+        from sqlalchemy.exc import DatabaseError
+
         from wxarchive.archive.catalog.migrate import upgrade
 
-        upgrade(engine)
+        try:
+            upgrade(engine)
+        except DatabaseError as e:
+            engine.dispose()
+            raise CatalogError(f"{path}: not a usable catalog ({e.orig}); move it aside and run 'wxarchive reindex' "
+                               "to rebuild it from the journal") from None
         return cat
 
     def close(self) -> None:
