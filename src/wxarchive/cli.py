@@ -80,8 +80,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from wxarchive.search.query import QueryError
     from wxarchive.archive.audit import AuditError
     from wxarchive.archive.retention import RetentionError
+    from wxarchive.capture.jsonl import ImportError_
 
-    return (cfg.ConfigError, ArchiveError, AuditError, RetentionError, CatalogError, BlobError, JournalError, KeyError_, KeyLoadError, SdkError,
+    return (ImportError_, cfg.ConfigError, ArchiveError, AuditError, RetentionError, CatalogError, BlobError, JournalError, KeyError_, KeyLoadError, SdkError,
             SdkLoadError, CaptureError, QueryError)
 
 
@@ -743,6 +744,76 @@ def checkpoint_cmd(
             fail(f"--out {out_file}: cannot write ({e.strerror or e.__class__.__name__})")
         out.print(f"exported to {out_file}: later, 'wxarchive verify --against-checkpoint {out_file}'",
                   highlight=False)
+
+
+@app.command("export")
+def export_cmd(
+    fmt: str = typer.Option(..., "--format", help="jsonl: the lossless export of record (re-importable)."),
+    out_dir: Path = typer.Option(..., "--out", help="A new or empty folder."),
+    text: Optional[str] = typer.Option(None, "--text", help="Only messages containing this text."),
+    sender: Optional[str] = typer.Option(None, "--sender", help="Sender id or name."),
+    kind: Optional[str] = typer.Option(None, "--type", help="Message kind or WeCom msgtype."),
+    conversation: Optional[str] = typer.Option(None, "--conversation", help="Conversation id or group name."),
+    since: Optional[str] = typer.Option(None, "--since", help="From this date/time (inclusive)."),
+    until: Optional[str] = typer.Option(None, "--until", help="Up to this date (inclusive) or time (exclusive)."),
+) -> None:
+    """Export a selection with its audit trail, checkpoint and a hash manifest."""
+    if fmt != "jsonl":
+        fail(f"--format {fmt!r}: only 'jsonl' (the export of record) is built so far")
+    from rich.progress import BarColumn, Progress
+
+    from wxarchive.export.jsonl import ExportError, export_jsonl
+
+    archive, settings = _open_archive(readonly=True)
+    tz = settings.timezone
+    try:
+        if kind:
+            from wxarchive.search.query import check_kind
+
+            check_kind(archive.catalog.engine, kind)
+        q = _query(text, sender, kind, conversation, since, until, False, tz)
+        query = {k: v for k, v in {"text": text, "sender": sender, "type": kind, "conversation": conversation,
+                                   "since": since, "until": until}.items() if v is not None}
+        with Progress("exporting", BarColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("export", total=None)
+            try:
+                res = export_jsonl(archive, q, out_dir, query_text=query, tz=tz,
+                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+            except ExportError as e:
+                fail(str(e))
+        archive.access_log().record("export", query={**query, "format": fmt, "out": str(out_dir)},
+                                    results=res.messages, files=res.files)
+    finally:
+        archive.close()
+    out.print(f"exported {res.messages} message(s) ({res.records} record(s), {res.entries} journal entries, "
+              f"{res.media} media file(s), {res.audit_events} audit event(s)) to {out_dir}; see manifest.json",
+              highlight=False)
+
+
+@app.command("import")
+def import_cmd(folder: Path = typer.Argument(..., help="A folder written by 'export --format jsonl'.")) -> None:
+    """Re-import an export of record (into an empty archive, or one that lacks some of it)."""
+    from wxarchive.capture.jsonl import ImportError_
+    from wxarchive.ingest import import_export
+
+    if not folder.is_dir():
+        fail(f"{folder}: no such folder")
+    archive, _ = _open_archive(create=True)
+    _setup_logging(state.home)
+    try:
+        try:
+            res = import_export(archive, folder)
+        except ImportError_ as e:
+            fail(str(e))
+    finally:
+        archive.close()
+    for p in res.problems[:20]:
+        err.print(f"[yellow]warning:[/] {safe(p)}", highlight=False)
+    out.print(f"imported {res.records} record(s): {res.messages} message(s), {res.quarantined} quarantined, "
+              f"{res.duplicates} already present, {res.media} media file(s)"
+              + (f"; {len(res.problems)} problem(s)" if res.problems else ""), highlight=False)
+    if res.problems:
+        raise typer.Exit(1)
 
 
 @app.command("demo")

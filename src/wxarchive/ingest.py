@@ -681,3 +681,100 @@ def replay_items(path: Path) -> Iterable[list[dict[str, Any]]]:
                 batch = []
     if batch:
         yield batch
+
+
+# ---- re-import of an export of record -----------------------------------------------------
+
+
+@dataclass
+class ImportResult:
+    entries: int = 0
+    records: int = 0
+    messages: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    media: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, batch: int = 1000) -> ImportResult:
+    """Journal the entries of an ``export --format jsonl`` folder into ``archive``.
+
+    Idempotent: a record the archive already holds is counted as a duplicate and skipped.
+    Media bytes are stored (and checked against their SHA-256) before the entry naming them.
+    The import is one run per source in the catalog, so status reconciles.
+    """
+    from wxarchive.capture.jsonl import media_bytes, open_export, read_entries
+
+    open_export(folder)
+    catch_up(archive)
+    result = ImportResult()
+    j = archive.journal
+    runs: dict[str, int] = {}
+    counts: dict[str, dict[str, int]] = {}
+    new_raw: dict[int, int] = {}
+    skip: set[tuple[str, str]] = set()
+    pending: list[Entry] = []
+
+    def flush() -> None:
+        if pending:
+            j.sync()
+            apply(archive, pending)
+            progress("import", {"entries": result.entries})
+            pending.clear()
+
+    for e in read_entries(folder, result.problems):
+        src, key = e.meta["source"], e.meta["key"]
+        if src not in runs:
+            flush()
+            meta = {"source": src, "cursor": archive.catalog.cursor(src), "pid": os.getpid(),
+                    "import": str(folder)}
+            runs[src] = j.append("run.start", meta)
+            counts[src] = {"pulled": 0, "recovered": 0, "archived": 0, "duplicates": 0, "quarantined": 0}
+            pending.append(Entry(runs[src], int(time.time() * 1000), "run.start", meta, b""))
+        c = counts[src]
+        if e.kind == "wecom.chatdata":
+            c["pulled"] += 1
+            result.records += 1
+            flush()
+            if archive.catalog.known_keys(src, [key]):
+                c["duplicates"] += 1
+                result.duplicates += 1
+                skip.add((src, key))
+                continue
+        if (src, key) in skip:
+            continue
+        meta = {k: v for k, v in e.meta.items() if k != "retained_from"}
+        if "raw_serial" in meta:
+            meta["raw_serial"] = new_raw.get(meta["raw_serial"], meta["raw_serial"])
+        if e.kind == "media" and meta.get("state") == "present" and meta.get("sha256"):
+            data = media_bytes(folder, meta["sha256"])
+            if data is None:
+                result.problems.append(f"{folder / 'media' / meta['sha256']}: missing or altered; "
+                                       f"attachment of {key} recorded as failed")
+                meta = {**meta, "state": "failed", "reason": "media file missing from the import"}
+                meta.pop("sha256", None)
+            else:
+                archive.blobs.put(data)
+                result.media += 1
+        serial = j.append(e.kind, meta, e.data, at=e.time)
+        if e.kind == "wecom.chatdata":
+            new_raw[e.serial] = serial
+        elif e.kind == "wecom.message":
+            c["archived"] += 1
+            result.messages += 1
+        elif e.kind == "quarantine":
+            c["quarantined"] += 1
+            result.quarantined += 1
+        result.entries += 1
+        pending.append(Entry(serial, e.time, e.kind, meta, e.data))
+        if len(pending) >= batch:
+            flush()
+    flush()
+    for src, run_id in runs.items():
+        meta = {"source": src, "run": run_id, "status": "ok", "error": None, "counts": counts[src],
+                "cursor": archive.catalog.cursor(src)}
+        serial = j.append("run.end", meta)
+        pending.append(Entry(serial, int(time.time() * 1000), "run.end", meta, b""))
+        flush()
+    return result

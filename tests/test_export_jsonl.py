@@ -1,0 +1,118 @@
+"""The export of record (jsonl) and its re-import into an empty archive."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from wxarchive.archive.archive import Archive
+from wxarchive.archive.catalog import schema as s
+
+
+def _cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wxarchive.cli", "--home", str(home), *args], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **env})
+
+
+def _content(engine) -> dict:
+    """The catalog's content, without what depends on where in a journal a row came from."""
+    skip = {"id", "serial", "raw_serial", "message_id"}
+    with engine.connect() as c:
+        msgs = sorted(tuple(v for k, v in r._mapping.items() if k not in skip) for r in c.execute(select(s.messages)))
+        atts = sorted((m, *(v for k, v in r._mapping.items() if k not in skip)) for m, r in (
+            (row.msgid, row) for row in c.execute(
+                select(s.messages.c.msgid, *s.attachments.c).join(s.messages, s.messages.c.id == s.attachments.c.message_id))))
+        recs = sorted((r.source, r.key, r.kind, r.cursor, r.state, r.reason) for r in c.execute(select(s.records)))
+        convs = sorted(tuple(r) for r in c.execute(select(s.conversations)))
+        people = sorted(tuple(r) for r in c.execute(select(s.participants)))
+    return {"messages": msgs, "attachments": atts, "records": recs, "conversations": convs, "participants": people}
+
+
+@pytest.fixture(scope="module")
+def source(ingested, tmp_path_factory) -> Path:
+    """A copy of the session archive (exports are recorded in its access log)."""
+    home = tmp_path_factory.mktemp("export-source") / "home"
+    shutil.copytree(ingested, home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def exported(source, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "all"
+    done = _cli(source, "export", "--format", "jsonl", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_manifest_lists_every_file_with_its_hash_and_reconciles(exported, source):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    listed = {f["path"]: f for f in manifest["files"]}
+    on_disk = {str(p.relative_to(exported)) for p in exported.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(listed) == on_disk
+    for path, f in listed.items():
+        data = (exported / path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == f["sha256"] and len(data) == f["size"]
+    c = manifest["counts"]
+    assert c["reconciled"] and c["messages"] == c["search_count"] > 300
+    assert c["records"] == c["messages"] + 4  # quarantined records are in an export of everything
+    assert c["media_files"] > 20 and c["audit_events"] >= 0
+    cp = json.loads((exported / "checkpoint.json").read_text())
+    assert "BEGIN PUBLIC KEY" in cp["public_key"]
+    assert manifest["exported_by"] and manifest["archive_id"].startswith("wxa-")
+
+
+def test_export_is_recorded_with_its_files(exported, source):
+    events = [json.loads(x) for x in _cli(source, "audit", "--json", "--action", "export").stdout.splitlines()]
+    assert events and events[0]["results"] > 300
+    assert {f["path"] for f in events[0]["files"]} >= {"records.jsonl", "checkpoint.json", "audit.jsonl"}
+
+
+def test_reimport_into_an_empty_archive_gives_the_same_catalog(exported, source, tmp_path):
+    new = tmp_path / "new"
+    done = _cli(new, "import", str(exported))
+    assert done.returncode == 0, done.stderr
+    assert "0 already present" in done.stdout
+    with Archive.open(source, readonly=True) as a, Archive.open(new, readonly=True) as b:
+        assert _content(a.catalog.engine) == _content(b.catalog.engine)
+        for sha in (r[0] for r in a.catalog.engine.raw_connection().execute(
+                "SELECT DISTINCT sha256 FROM attachments WHERE state = 'present'")):
+            assert b.blobs.get(sha) == a.blobs.get(sha)
+    st = json.loads(_cli(new, "status", "--json").stdout)
+    assert st["reconciliation"]["reconciled"] and st["reconciliation"]["catalog_matches_records"]
+    assert _cli(new, "verify").returncode == 0
+    again = _cli(new, "import", str(exported))  # idempotent
+    assert again.returncode == 0 and "0 message(s)" in again.stdout
+    with Archive.open(new, readonly=True) as b:
+        assert len(_content(b.catalog.engine)["messages"]) == len(_content(
+            Archive.open(source, readonly=True).catalog.engine)["messages"])
+
+
+def test_a_selection_exports_only_its_messages(source, tmp_path):
+    out = tmp_path / "sel"
+    done = _cli(source, "export", "--format", "jsonl", "--out", str(out), "--text", "合同")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["query"] == {"text": "合同"}
+    keys = {json.loads(x)["meta"]["key"] for x in (out / "records.jsonl").read_text().splitlines()}
+    found = {json.loads(x)["msgid"] for x in _cli(source, "search", "合同", "--json").stdout.splitlines()}
+    assert keys == found and manifest["counts"]["reconciled"]
+
+
+def test_bad_exports_and_folders_are_clear_errors(exported, source, tmp_path):
+    assert "not empty" in _cli(source, "export", "--format", "jsonl", "--out", str(exported)).stderr
+    assert "only 'jsonl'" in _cli(source, "export", "--format", "pdf", "--out", str(tmp_path / "o")).stderr
+    assert "not a wxarchive export" in _cli(tmp_path / "h1", "import", str(tmp_path)).stderr
+    altered = tmp_path / "altered"
+    shutil.copytree(exported, altered)
+    rec = altered / "records.jsonl"
+    rec.write_text(rec.read_text().replace('"kind": "wecom.message"', '"kind": "wecom.messagx"', 1))
+    bad = _cli(tmp_path / "h2", "import", str(altered))
+    assert bad.returncode == 2 and "SHA-256 differs from the manifest" in bad.stderr and "Traceback" not in bad.stderr
