@@ -112,3 +112,21 @@ def test_signing_key_is_stored_only_wrapped(home):
                                                   serialization.NoEncryption())
     assert private not in raw and len(raw) > len(private)
     assert oct(os.stat(home / "keys" / "signing.key").st_mode & 0o777) == "0o600"
+
+
+def test_config_changes_are_journaled_as_admin_events(home):
+    (home / "config.toml").write_text('[archive]\ntimezone = "Asia/Shanghai"\n')
+    with Archive.open(home):
+        pass
+    with Archive.open(home):  # no change, no new event
+        pass
+    (home / "config.toml").write_text('[archive]\ntimezone = "America/New_York"\n')
+    with Archive.open(home) as ar:
+        events = [e.meta for e in ar.journal.entries(kinds={"admin.config.change"})]
+    assert len(events) == 2
+    assert "Asia/Shanghai" in events[0]["config"] and events[0]["previous_sha256"] is None
+    assert "America/New_York" in events[1]["config"] and events[1]["previous_sha256"] == events[0]["sha256"]
+    assert all(e["who"] for e in events)
+    with Archive.open(home, readonly=True) as ar:
+        actions = [ev.action for ev in ar.access_log().events()]
+    assert actions.count("admin.config.change") == 2

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from wxarchive.archive.audit import AccessLog
 from wxarchive.archive.blobs import BlobStore
+from wxarchive.archive.files import write_atomic
 from wxarchive.archive.catalog.sqlite import Catalog
 from wxarchive.archive.checkpoints import CHECKPOINT_EVERY, Checkpoint, Signer, list_checkpoints, write_checkpoint
 from wxarchive.archive.journal import Journal
@@ -113,7 +114,29 @@ class Archive:
             raise
         cps = list_checkpoints(journal.dir)
         last = int(cps[-1].stem.split("-")[1]) if cps else 0
-        return cls(home, info["archive_id"], master, journal, blobs, catalog, signer, last, lock_fd)
+        archive = cls(home, info["archive_id"], master, journal, blobs, catalog, signer, last, lock_fd)
+        if not readonly:
+            archive._note_config_change()
+        return archive
+
+    def _note_config_change(self) -> None:
+        """Journal a change of ``config.toml`` (its full text: it holds no secrets) the first time
+        a writer sees it; ``who`` is the account that opened the archive after the edit."""
+        import hashlib
+
+        path = self.home / "config.toml"
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            text = b""
+        sha = hashlib.sha256(text).hexdigest() if text else ""
+        seen = self.journal.dir / "config.sha256"  # a hint only: if lost, the change is journaled again
+        previous = seen.read_text().strip() if seen.exists() else ""
+        if sha == previous:
+            return
+        self.record_admin_event("admin.config.change", {"sha256": sha or None, "previous_sha256": previous or None,
+                                                         "config": text.decode("utf-8", "replace")})
+        write_atomic(seen, (sha + "\n").encode(), 0o644)
 
     def checkpoint(self, force: bool = False) -> Checkpoint | None:
         """Sign the journal head (after making it durable), unless a checkpoint covers it already."""

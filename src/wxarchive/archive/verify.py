@@ -69,7 +69,7 @@ def _db_errors() -> tuple[type[Exception], ...]:
 
 
 _DB_ERRORS = _db_errors()  # an SQLCipher catalog raises its own DB-API error classes
-_KNOWN_FILES = {"append.lock", "head.json"}  # the access log's lock and signed head
+_KNOWN_FILES = {"append.lock", "head.json", "config.sha256"}  # access-log lock and head; config-change hint
 _U32 = 4
 
 

@@ -357,6 +357,7 @@ class Batch:
         elif kind == "admin.purge":
             self._purge(cur, meta, serial, at)
 
+
     def _purge(self, cur, meta: dict[str, Any], serial: int, at: int) -> None:
         removed = [tuple(k) for k in meta.get("removed", [])]  # (source, key, kind, raw_serial, cursor)
         convs: set[tuple[str, str]] = set()
