@@ -108,8 +108,17 @@ def _open_archive(create: bool = False, readonly: bool = False):
     enc = settings.archive.get("catalog_encryption", "none")
     if enc not in ("none", "sqlcipher"):
         fail(f"{settings.path}: [archive] catalog_encryption must be \"none\" or \"sqlcipher\", not {enc!r}")
-    return Archive.open(state.home, create=create, master_key_file=settings.archive.get("master_key_file"),
-                        readonly=readonly, encrypt_catalog=enc == "sqlcipher"), settings
+    archive = Archive.open(state.home, create=create, master_key_file=settings.archive.get("master_key_file"),
+                           readonly=readonly, encrypt_catalog=enc == "sqlcipher")
+    if not readonly:  # a writer first brings the catalog up to the journal (after a crash it may lag)
+        from wxarchive.ingest import catch_up
+
+        try:
+            catch_up(archive)
+        except BaseException:
+            archive.close()
+            raise
+    return archive, settings
 
 
 # ---- simulate ---------------------------------------------------------------------------

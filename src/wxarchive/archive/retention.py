@@ -280,6 +280,9 @@ def execute_purge(archive, plan: PurgePlan, apply: ApplyFn) -> PurgeResult:
     """Purge every eligible segment of ``plan`` (the caller holds the writer lock), then
     finish any purge an earlier run left half done."""
     result = PurgeResult()
+    if archive.catalog.applied_serial() != archive.journal.head_serial:
+        raise RetentionError("the catalog lags the journal: catch it up (any ingest or 'wxarchive reindex') and "
+                             "plan the purge again")
     for sp in plan.eligible:
         _copy_forward(archive, sp, apply)
         body = _tombstone(archive, sp, sp.held)
