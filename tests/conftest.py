@@ -78,3 +78,18 @@ def answer_messages(tenant: Path) -> list[dict]:
 
 def answer_media(tenant: Path) -> list[dict]:
     return [json.loads(line) for line in (tenant / "answer" / "media.jsonl").read_text().splitlines() if line]
+
+
+def copy_archive(src: Path, dest: Path) -> tuple[Path, Path]:
+    """A copy of an archive home at ``dest / "home"`` with its own copy of the master key file
+    at ``dest / "master.key"`` (copies of a home share one default key path: a test that
+    rotates or destroys keys must point WXARCHIVE_MASTER_KEY_FILE at its own)."""
+    import shutil
+
+    home = dest / "home"
+    shutil.copytree(src, home)
+    archive_id = json.loads((home / "archive.json").read_text())["archive_id"]
+    key = dest / "master.key"
+    shutil.copy(Path(os.environ["XDG_CONFIG_HOME"]) / "wxarchive" / "keys" / f"{archive_id}.key", key)
+    key.chmod(0o600)
+    return home, key

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import copy_archive
 from wxarchive.archive import audit as audit_mod
 from wxarchive.archive.archive import Archive
 from wxarchive.archive.audit import AccessLog, AuditError
@@ -20,12 +20,7 @@ from wxarchive.archive.journal import iter_frames
 
 @pytest.fixture
 def home(ingested, tmp_path, monkeypatch) -> Path:
-    h = tmp_path / "home"
-    shutil.copytree(ingested, h)
-    archive_id = json.loads((h / "archive.json").read_text())["archive_id"]
-    key = tmp_path / "master.key"
-    shutil.copy(Path(os.environ["XDG_CONFIG_HOME"]) / "wxarchive" / "keys" / f"{archive_id}.key", key)
-    key.chmod(0o600)
+    h, key = copy_archive(ingested, tmp_path)
     monkeypatch.setenv("WXARCHIVE_MASTER_KEY_FILE", str(key))
     return h
 

@@ -118,12 +118,9 @@ def test_record_failure_is_an_audit_error(tmp_path, master):
 
 
 def test_admin_actions_are_listed_with_the_reads(home, tmp_path, monkeypatch):
-    import json as _json
+    from conftest import copy_archive
 
-    archive_id = _json.loads((home / "archive.json").read_text())["archive_id"]
-    key = tmp_path / "master.key"  # this copy's own key file, so the rotation leaves the shared one alone
-    shutil.copy(Path(os.environ["XDG_CONFIG_HOME"]) / "wxarchive" / "keys" / f"{archive_id}.key", key)
-    key.chmod(0o600)
+    home, key = copy_archive(home, tmp_path / "own")  # its own key file: the rotation leaves the shared one alone
     monkeypatch.setenv("WXARCHIVE_MASTER_KEY_FILE", str(key))
     assert _cli(home, "checkpoint", "--out", str(tmp_path / "cp.json")).returncode == 0
     assert _cli(home, "keys", "rotate").returncode == 0

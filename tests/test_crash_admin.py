@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import copy_archive
 from test_ingest_wecom import _catalog_dump
 from wxarchive.archive import journal as jmod
 from wxarchive.archive.archive import Archive
@@ -43,12 +43,7 @@ def base(tenant, tmp_path_factory) -> Path:
 
 
 def _copy(base: Path, tmp_path: Path) -> tuple[Path, dict]:
-    home = tmp_path / "home"
-    shutil.copytree(base, home)
-    archive_id = json.loads((home / "archive.json").read_text())["archive_id"]
-    key = tmp_path / "master.key"
-    shutil.copy(Path(os.environ["XDG_CONFIG_HOME"]) / "wxarchive" / "keys" / f"{archive_id}.key", key)
-    key.chmod(0o600)
+    home, key = copy_archive(base, tmp_path)
     return home, {**os.environ, "WXARCHIVE_MASTER_KEY_FILE": str(key)}
 
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import tenant_options
+from conftest import copy_archive, tenant_options
 from test_ingest_wecom import _catalog_dump
 from wxarchive.archive import journal as jmod
 from wxarchive.archive import retention
@@ -46,12 +45,7 @@ def segmented(tenant, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def home(segmented, tmp_path, monkeypatch) -> Path:
-    h = tmp_path / "home"
-    shutil.copytree(segmented, h)
-    archive_id = json.loads((h / "archive.json").read_text())["archive_id"]
-    key = tmp_path / "master.key"
-    shutil.copy(Path(os.environ["XDG_CONFIG_HOME"]) / "wxarchive" / "keys" / f"{archive_id}.key", key)
-    key.chmod(0o600)
+    h, key = copy_archive(segmented, tmp_path)
     monkeypatch.setenv("WXARCHIVE_MASTER_KEY_FILE", str(key))
     return h
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import copy_archive
 from wxarchive.archive import rotation
 from wxarchive.archive.archive import Archive
 from wxarchive.archive.keys import ROTATION_FILE, LocalMasterKey
@@ -21,13 +20,7 @@ from wxarchive.archive.verify import identify, verify_archive
 @pytest.fixture
 def copy(ingested, tmp_path, monkeypatch) -> tuple[Path, Path]:
     """A copy of the ingested archive with its own master key file (env for this test)."""
-    home = tmp_path / "home"
-    shutil.copytree(ingested, home)
-    archive_id = json.loads((home / "archive.json").read_text())["archive_id"]
-    src = Path(os.environ["XDG_CONFIG_HOME"]) / "wxarchive" / "keys" / f"{archive_id}.key"
-    key = tmp_path / "master.key"
-    shutil.copy(src, key)
-    key.chmod(0o600)
+    home, key = copy_archive(ingested, tmp_path)
     monkeypatch.setenv("WXARCHIVE_MASTER_KEY_FILE", str(key))
     return home, key
 

@@ -48,7 +48,6 @@ from wxarchive.archive.checkpoints import (
 )
 from wxarchive.archive.journal import (
     GENESIS_HASH,
-    MAGIC,
     Frame,
     JournalError,
     chain_hash,
