@@ -115,4 +115,45 @@ def test_bad_exports_and_folders_are_clear_errors(exported, source, tmp_path):
     rec = altered / "records.jsonl"
     rec.write_text(rec.read_text().replace('"kind": "wecom.message"', '"kind": "wecom.messagx"', 1))
     bad = _cli(tmp_path / "h2", "import", str(altered))
-    assert bad.returncode == 2 and "SHA-256 differs from the manifest" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 1 and "SHA-256 differs from the manifest" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "afile").write_text("x")
+    assert "is a file, not a folder" in _cli(source, "export", "--format", "jsonl", "--out",
+                                             str(tmp_path / "afile")).stderr
+
+
+def _refused(folder: Path, tmp_path: Path, why: str, *extra: str) -> None:
+    done = _cli(tmp_path / f"h-{abs(hash(why))}", "import", str(folder), *extra)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert why in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_altered_export_is_refused_whatever_was_recomputed(exported, source, tmp_path):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert manifest["signature"] and manifest["key_fingerprint"]
+    # forged text with its hash recomputed in the manifest: the manifest's signature fails
+    forged = tmp_path / "forged"
+    shutil.copytree(exported, forged)
+    rec = forged / "records.jsonl"
+    rec.write_text(rec.read_text().replace('"kind": "wecom.message"', '"kind": "wecom.messagx"', 1))
+    m = json.loads((forged / "manifest.json").read_text())
+    for f in m["files"]:
+        if f["path"] == "records.jsonl":
+            f["sha256"] = hashlib.sha256(rec.read_bytes()).hexdigest()
+    (forged / "manifest.json").write_text(json.dumps(m))
+    _refused(forged, tmp_path, "the signature does not verify")
+    # every listed file is checked, and nothing may be added
+    for name, change in (("audit.jsonl", lambda p: p.write_text(p.read_text() + "{}\n")),
+                         ("checkpoint.json", lambda p: p.unlink())):
+        t = tmp_path / f"t-{name}"
+        shutil.copytree(exported, t)
+        change(t / name)
+        _refused(t, tmp_path, name)
+    extra = tmp_path / "extra"
+    shutil.copytree(exported, extra)
+    (extra / "media" / "extra.bin").write_bytes(b"x")
+    _refused(extra, tmp_path, "not listed in the manifest")
+    # pinning the signer: the right fingerprint imports, another is refused
+    _refused(exported, tmp_path, "not the expected", "--expect-key", "0" * 64)
+    fp = _cli(source, "keys", "public").stderr.split("fingerprint (SHA-256 of the raw key): ")[1].strip()
+    ok = _cli(tmp_path / "pinned", "import", str(exported), "--expect-key", fp)
+    assert ok.returncode == 0 and "(verified)" in ok.stdout

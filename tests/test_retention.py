@@ -102,6 +102,11 @@ def test_dry_run_changes_nothing(home):
     dry = _cli(home, "purge", "--json")
     assert dry.returncode == 0, dry.stderr
     plan = json.loads(dry.stdout)
+    for bad in ("nan", "inf", "true", '"7"', "0", "-1"):
+        (home / "config.toml").write_text(f"[archive]\nretention_years = {bad}\n")
+        done = _cli(home, "purge")
+        assert done.returncode == 2 and "retention_years must be a number of years" in done.stderr, bad
+    (home / "config.toml").write_text("[archive]\nretention_years = 1e-10\n")
     assert plan["eligible_segments"] == len(plan["segments"]) - 1 >= 4  # all but the open segment
     assert plan["records_to_purge"] > 100
     after = {p: p.read_bytes() for p in before}
@@ -116,9 +121,12 @@ def test_purge_keeps_held_records_and_destroys_the_rest(home):
     assert held_sender and held_word
     assert _cli(home, "hold", "create", "M-1", "--reason", "litigation", "--sender", sender).returncode == 0
     assert _cli(home, "hold", "create", "M-2", "--reason", "contracts", "--text", "合同").returncode == 0
+    dry = json.loads(_cli(home, "purge", "--json").stdout)
     done = _cli(home, "purge", "--execute", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)["result"]
+    assert result["records_purged"] == dry["records_to_purge"]  # the dry run said what the purge did
+    assert result["records_retained"] == dry["records_held"]
     assert result["records_purged"] > 100 and result["records_retained"] > 0
     after = _search(home)
     # every held message is still there, byte for byte (text, attachments)

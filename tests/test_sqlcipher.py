@@ -101,3 +101,13 @@ def test_a_wrong_catalog_key_is_a_clear_error(encrypted, tmp_path):
     done = _cli(home, key0, "status")
     assert done.returncode == 2
     assert "the catalog key does not open this SQLCipher database" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_asking_for_sqlcipher_on_a_plain_catalog_is_an_error(ingested, tmp_path):
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(ingested, home)
+    (home / "config.toml").write_text('[archive]\ncatalog_encryption = "sqlcipher"\n')
+    done = _cli(home, Path(os.environ.get("WXARCHIVE_MASTER_KEY_FILE", "")), "status")
+    assert done.returncode == 2 and "this archive's catalog is plain SQLite" in done.stderr

@@ -108,6 +108,9 @@ def _open_archive(create: bool = False, readonly: bool = False):
     enc = settings.archive.get("catalog_encryption", "none")
     if enc not in ("none", "sqlcipher"):
         fail(f"{settings.path}: [archive] catalog_encryption must be \"none\" or \"sqlcipher\", not {enc!r}")
+    if enc == "sqlcipher" and (state.home / "catalog.db").exists() and not (state.home / "keys" / "catalog.key").exists():
+        fail(f"{settings.path}: catalog_encryption = \"sqlcipher\", but this archive's catalog is plain SQLite "
+             "(the setting applies when an archive is created; encrypting an existing catalog is not supported yet)")
     archive = Archive.open(state.home, create=create, master_key_file=settings.archive.get("master_key_file"),
                            readonly=readonly, encrypt_catalog=enc == "sqlcipher")
     if not readonly:  # a writer first brings the catalog up to the journal (after a crash it may lag)
@@ -576,6 +579,9 @@ def keys_public_cmd() -> None:
     except (OSError, UnicodeDecodeError, CheckpointError):
         fail(f"{path}: not the archive's public key (unreadable or altered); run 'wxarchive verify'", 1)
     print(text, end="")
+    from wxarchive.archive.checkpoints import fingerprint
+
+    err.print(f"fingerprint (SHA-256 of the raw key): {fingerprint(load_public_pem(text, str(path)))}", highlight=False)
 
 
 # ---- retention --------------------------------------------------------------------------
@@ -594,6 +600,11 @@ def hold_create_cmd(
     """Place a legal hold (no filter: the whole archive)."""
     from wxarchive.archive.retention import count_held
     from wxarchive.search.query import parse_when
+
+    if not name.strip() or not reason.strip():
+        fail("a hold needs a name and a reason (both non-empty)")
+    if text is not None and not text:
+        fail("--text '': give the text the held messages contain, or leave the option out")
 
     archive, settings = _open_archive()
     try:
@@ -658,6 +669,8 @@ def hold_release_cmd(
     reason: str = typer.Option(..., "--reason", help="Why the hold ends."),
 ) -> None:
     """Release a legal hold (its records become subject to retention again)."""
+    if not reason.strip():
+        fail("--reason: say why the hold ends")
     archive, _ = _open_archive()
     try:
         con = archive.catalog.engine.raw_connection()
@@ -693,7 +706,7 @@ def purge_cmd(
         try:
             policy = RetentionPolicy.from_settings(settings.archive)
         except RetentionError as e:
-            fail(f"{settings.path or 'config.toml'}: {e}")
+            fail(f"{settings.path or 'config.toml'}: {str(e).strip()}")
         plan = plan_purge(archive, policy)
         result = None
         if execute:
@@ -800,9 +813,17 @@ def export_cmd(
 
 
 @app.command("import")
-def import_cmd(folder: Path = typer.Argument(..., help="A folder written by 'export --format jsonl'.")) -> None:
-    """Re-import an export of record (into an empty archive, or one that lacks some of it)."""
-    from wxarchive.capture.jsonl import ImportError_
+def import_cmd(
+    folder: Path = typer.Argument(..., help="A folder written by 'export --format jsonl'."),
+    expect_key: Optional[str] = typer.Option(None, "--expect-key", help="SHA-256 fingerprint of the exporting "
+                                             "archive's public key, known out of band ('wxarchive keys public')."),
+) -> None:
+    """Re-import an export of record (into an empty archive, or one that lacks some of it).
+
+    The manifest's signature and every file's SHA-256 are checked first; an altered export
+    is refused (exit 1). Pass --expect-key to also pin who signed it.
+    """
+    from wxarchive.capture.jsonl import ImportError_, TamperedExport
     from wxarchive.ingest import import_export
 
     if not folder.is_dir():
@@ -811,13 +832,16 @@ def import_cmd(folder: Path = typer.Argument(..., help="A folder written by 'exp
     _setup_logging(state.home)
     try:
         try:
-            res = import_export(archive, folder)
+            res = import_export(archive, folder, expect_fingerprint=expect_key)
+        except TamperedExport as e:
+            fail(str(e), 1)
         except ImportError_ as e:
             fail(str(e))
     finally:
         archive.close()
     for p in res.problems[:20]:
         err.print(f"[yellow]warning:[/] {safe(p)}", highlight=False)
+    out.print(f"export of archive {res.archive_id} signed by key {res.signed_by[:16]}… (verified)", highlight=False)
     out.print(f"imported {res.records} record(s): {res.messages} message(s), {res.quarantined} quarantined, "
               f"{res.duplicates} already present, {res.media} media file(s)"
               + (f"; {len(res.problems)} problem(s)" if res.problems else ""), highlight=False)

@@ -695,9 +695,12 @@ class ImportResult:
     duplicates: int = 0
     media: int = 0
     problems: list[str] = field(default_factory=list)
+    signed_by: str = ""
+    archive_id: str = ""
 
 
-def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, batch: int = 1000) -> ImportResult:
+def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, batch: int = 1000,
+                  expect_fingerprint: str | None = None) -> ImportResult:
     """Journal the entries of an ``export --format jsonl`` folder into ``archive``.
 
     Idempotent: a record the archive already holds is counted as a duplicate and skipped.
@@ -706,9 +709,9 @@ def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, 
     """
     from wxarchive.capture.jsonl import media_bytes, open_export, read_entries
 
-    open_export(folder)
+    manifest = open_export(folder, expect_fingerprint)
     catch_up(archive)
-    result = ImportResult()
+    result = ImportResult(signed_by=manifest["key_fingerprint"], archive_id=manifest.get("archive_id", ""))
     j = archive.journal
     runs: dict[str, int] = {}
     counts: dict[str, dict[str, int]] = {}

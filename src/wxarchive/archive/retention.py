@@ -49,14 +49,19 @@ class RetentionPolicy:
 
     @classmethod
     def from_settings(cls, archive_settings: dict[str, Any]) -> RetentionPolicy:
-        try:
-            years = float(archive_settings.get("retention_years", 7))
-            by_source = {str(k): float(v) for k, v in (archive_settings.get("retention_by_source") or {}).items()}
-        except (TypeError, ValueError, AttributeError):
-            raise RetentionError("[archive] retention_years / retention_by_source must be numbers of years") from None
-        if years <= 0 or any(v <= 0 for v in by_source.values()):
-            raise RetentionError("[archive] retention years must be positive")
-        return cls(years, by_source)
+        import math
+
+        def years_of(v: Any, what: str) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1000:
+                raise RetentionError(f"[archive] {what} must be a number of years above 0 and at most 1000, "
+                                     f"not {v!r}")
+            return float(v)
+
+        years = years_of(archive_settings.get("retention_years", 7), "retention_years")
+        by_source = archive_settings.get("retention_by_source") or {}
+        if not isinstance(by_source, dict):
+            raise RetentionError("[archive] retention_by_source must be a table: {\"wecom:ww…\" = 10}")
+        return cls(years, {str(k): years_of(v, f"retention_by_source.{k}") for k, v in by_source.items()})
 
     def years_for(self, sources: set[str]) -> float:
         return max([self.by_source.get(s, self.years) for s in sources] or [self.years])
@@ -72,7 +77,8 @@ class SegmentPlan:
     years: float
     expires_at: int
     records: int  # live (not yet purged) raw records in the segment
-    held: list[list[str]]  # [source, msgid] of held records
+    held: list[list[str]]  # [source, msgid] of held records with entries in the segment
+    purgeable: int  # of ``records``, those a purge removes (not held)
     eligible: bool
     why: str
 
@@ -89,8 +95,8 @@ class PurgePlan:
     def to_dict(self) -> dict[str, Any]:
         return {"now": self.now, "segments": [asdict(s) for s in self.segments],
                 "eligible_segments": len(self.eligible),
-                "records_to_purge": sum(s.records - len(s.held) for s in self.eligible),
-                "records_held": sum(len(s.held) for s in self.eligible)}
+                "records_to_purge": sum(s.purgeable for s in self.eligible),
+                "records_held": sum(s.records - s.purgeable for s in self.eligible)}
 
 
 # ---- holds --------------------------------------------------------------------------------
@@ -180,8 +186,12 @@ def plan_purge(archive, policy: RetentionPolicy, now: int | None = None) -> Purg
             else:
                 eligible, why = True, f"past {years:g} years of retention"
             held = held_in_range(con, first, last) if eligible else []
+            held_keys = {tuple(k) for k in held}
+            purgeable = sum(1 for src, key in con.execute(
+                "SELECT source, key FROM records WHERE raw_serial BETWEEN ? AND ? AND state != 'purged'",
+                (first, last)) if (src, key) not in held_keys)
             plans.append(SegmentPlan(seg.name, first, last, last_time, sorted(sources), years, expires, records,
-                                     held, eligible, why))
+                                     held, purgeable, eligible, why))
     finally:
         con.close()
     return PurgePlan(now, plans)
@@ -229,10 +239,13 @@ def _copy_forward(archive, sp: SegmentPlan, apply: ApplyFn) -> None:
         con.close()
     j = archive.journal
     copies = []
+    head = j.head_serial
+    # the segment's own entries of held records, and every later media outcome of theirs: a
+    # rebuild must meet a message's media outcomes after the message, so those move with it
     for e in j.entries(after=sp.first_serial - 1):
-        if e.serial > sp.last_serial:
+        if e.serial > head:
             break
-        if (e.source, e.key) not in todo:
+        if (e.source, e.key) not in todo or (e.serial > sp.last_serial and e.kind != "media"):
             continue
         meta = {**e.meta, "retained_from": e.serial}
         if e.kind == "wecom.message" and (e.source, e.key) in raw_at:
@@ -291,7 +304,7 @@ def execute_purge(archive, plan: PurgePlan, apply: ApplyFn) -> PurgeResult:
         archive.checkpoint()
         result.segments.append(sp.segment)
         result.records_purged += len(body["removed"])
-        result.records_retained += len(body["retained"])
+        result.records_retained += sp.records - sp.purgeable  # held records whose raw item is in the segment
         result.tombstones.append(serial)
     result.blobs_deleted = finish_purges(archive)
     return result

@@ -25,6 +25,10 @@ class ImportError_(Exception):
     """The folder is not an export we can read; the message names the file."""
 
 
+class TamperedExport(ImportError_):
+    """The export was altered after it was written (or is signed by another key than expected)."""
+
+
 @dataclass
 class ExportedEntry:
     line: int
@@ -35,8 +39,9 @@ class ExportedEntry:
     data: bytes
 
 
-def open_export(folder: Path) -> dict[str, Any]:
-    """The export's manifest, after checking it is one of ours and complete."""
+def open_export(folder: Path, expect_fingerprint: str | None = None) -> dict[str, Any]:
+    """The export's manifest, after checking it is one of ours, signed (by the expected key,
+    if one is given), complete, and that every file is as the manifest says."""
     mpath = folder / "manifest.json"
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
@@ -47,15 +52,50 @@ def open_export(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ImportError_(f"{mpath}: format {manifest.get('format') if isinstance(manifest, dict) else None!r} "
                            f"is not {FORMAT}")
+    _check_signature(mpath, manifest, expect_fingerprint)
+    listed = set()
     for f in manifest.get("files", []):
         p = folder / f["path"]
-        if f["path"] in ("records.jsonl",) or f["path"].startswith("media/"):
-            if not p.is_file():
-                raise ImportError_(f"{p}: listed in the manifest but missing")
-            h = hashlib.sha256(p.read_bytes()).hexdigest()
-            if h != f["sha256"]:
-                raise ImportError_(f"{p}: SHA-256 differs from the manifest (altered after export)")
+        listed.add(f["path"])
+        if not p.is_file():
+            raise TamperedExport(f"{p}: listed in the manifest but missing")
+        if _sha256(p) != f["sha256"]:
+            raise TamperedExport(f"{p}: SHA-256 differs from the manifest (altered after export)")
+    extra = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                   if p.is_file() and p.name != "manifest.json" and str(p.relative_to(folder)) not in listed)
+    if extra:
+        raise TamperedExport(f"{folder / extra[0]}: not listed in the manifest (added after export)")
+    if "records.jsonl" not in listed:
+        raise TamperedExport(f"{mpath}: lists no records.jsonl")
     return manifest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_signature(mpath: Path, manifest: dict[str, Any], expect_fingerprint: str | None) -> None:
+    from cryptography.exceptions import InvalidSignature
+
+    from wxarchive.archive.checkpoints import CheckpointError, fingerprint, load_public_pem
+    from wxarchive.export.jsonl import manifest_payload
+
+    if not manifest.get("signature") or not manifest.get("public_key"):
+        raise TamperedExport(f"{mpath}: not signed")
+    try:
+        public = load_public_pem(str(manifest["public_key"]), str(mpath))
+        public.verify(bytes.fromhex(str(manifest["signature"])), manifest_payload(manifest))
+    except (CheckpointError, InvalidSignature, ValueError):
+        raise TamperedExport(f"{mpath}: the signature does not verify (the manifest was altered)") from None
+    fp = fingerprint(public)
+    if manifest.get("key_fingerprint") != fp:
+        raise TamperedExport(f"{mpath}: key_fingerprint does not match its public key")
+    if expect_fingerprint and fp != expect_fingerprint.lower():
+        raise TamperedExport(f"{mpath}: signed by key {fp[:16]}…, not the expected {expect_fingerprint[:16]}…")
 
 
 def read_entries(folder: Path, problems: list[str]) -> Iterator[ExportedEntry]:

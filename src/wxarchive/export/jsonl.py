@@ -12,7 +12,8 @@
                          every access-log event (who read, exported, held, purged what)
     DIR/checkpoint.json  the archive's newest signed checkpoint, with the public key
     DIR/manifest.json    the query, who ran it, when, every file with its SHA-256 and size,
-                         and counts reconciled with the search count
+                         and counts reconciled with the search count; signed (Ed25519) with
+                         the archive's key, whose public half and fingerprint it carries
 
 ``wxarchive import DIR`` (capture/jsonl.py) re-journals records.jsonl into an archive and
 gives the same catalog rows: the regulator's "readable, usable form" and a migration path.
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from wxarchive.archive.audit import current_user
+from wxarchive.archive.checkpoints import Signer, public_pem
 from wxarchive.search.query import Query, count, search
 
 FORMAT = "wxarchive-export/1"
@@ -65,6 +67,8 @@ def _sha256_file(path: Path) -> tuple[str, int]:
 
 
 def _prepare(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out}: not empty (an export goes into a new or empty folder)")
     try:
@@ -153,5 +157,16 @@ def export_jsonl(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz
                    "audit_events": result.audit_events},
         "files": result.files,
     }
+    signer = Signer.load(archive.home / "keys", archive.master)
+    if signer is not None:  # the hashes mean something only if the list of them is signed
+        manifest["public_key"] = public_pem(signer.public)
+        manifest["key_fingerprint"] = signer.fingerprint
+        manifest["signature"] = signer.private.sign(manifest_payload(manifest)).hex()
     (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
     return result
+
+
+def manifest_payload(manifest: dict[str, Any]) -> bytes:
+    """The bytes a manifest's signature covers: all of it but the signature, canonical JSON."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
