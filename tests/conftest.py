@@ -93,3 +93,24 @@ def copy_archive(src: Path, dest: Path) -> tuple[Path, Path]:
     shutil.copy(Path(os.environ["XDG_CONFIG_HOME"]) / "wxarchive" / "keys" / f"{archive_id}.key", key)
     key.chmod(0o600)
     return home, key
+
+
+@pytest.fixture(scope="session")
+def segmented(tenant, tmp_path_factory) -> Path:
+    """The session tenant ingested with small journal segments (96 KiB: several of them), for
+    tests of what works per segment (tamper, purge, crash). Treat as read-only: copy it."""
+    from wxarchive.archive import journal as jmod
+    from wxarchive.archive.archive import Archive
+    from wxarchive.ingest import WeComCapture
+    from wxarchive.simulate.server import serve
+
+    home = tmp_path_factory.mktemp("segmented") / "home"
+    saved = jmod.SEGMENT_BYTES
+    jmod.SEGMENT_BYTES = 96 * 1024
+    try:
+        with serve(tenant) as sim, Archive.open(home, create=True) as ar:
+            result = WeComCapture(ar, tenant_options(tenant, sim.proxy_url)).run()
+        assert result.status == "ok", result.error
+    finally:
+        jmod.SEGMENT_BYTES = saved
+    return home

@@ -20,26 +20,13 @@ import pytest
 
 from conftest import copy_archive
 from test_ingest_wecom import _catalog_dump
-from wxarchive.archive import journal as jmod
 from wxarchive.archive.archive import Archive
 from wxarchive.archive.verify import identify, verify_archive
 
 
 @pytest.fixture(scope="module")
-def base(tenant, tmp_path_factory) -> Path:
-    from conftest import tenant_options
-    from wxarchive.ingest import WeComCapture
-    from wxarchive.simulate.server import serve
-
-    home = tmp_path_factory.mktemp("crash-admin") / "home"
-    saved = jmod.SEGMENT_BYTES
-    jmod.SEGMENT_BYTES = 96 * 1024
-    try:
-        with serve(tenant) as sim, Archive.open(home, create=True) as ar:
-            assert WeComCapture(ar, tenant_options(tenant, sim.proxy_url)).run().status == "ok"
-    finally:
-        jmod.SEGMENT_BYTES = saved
-    return home
+def base(segmented) -> Path:
+    return segmented
 
 
 def _copy(base: Path, tmp_path: Path) -> tuple[Path, dict]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_archive, tenant_options
+from conftest import copy_archive
 from test_ingest_wecom import _catalog_dump
 from wxarchive.archive import journal as jmod
 from wxarchive.archive import retention
@@ -26,26 +26,10 @@ from wxarchive.archive.archive import Archive
 from wxarchive.archive.verify import identify, verify_archive
 
 
-@pytest.fixture(scope="module")
-def segmented(tenant, tmp_path_factory) -> Path:
-    from wxarchive.ingest import WeComCapture
-    from wxarchive.simulate.server import serve
-
-    home = tmp_path_factory.mktemp("retention") / "home"
-    saved = jmod.SEGMENT_BYTES
-    jmod.SEGMENT_BYTES = 96 * 1024
-    try:
-        with serve(tenant) as sim, Archive.open(home, create=True) as ar:
-            assert WeComCapture(ar, tenant_options(tenant, sim.proxy_url)).run().status == "ok"
-    finally:
-        jmod.SEGMENT_BYTES = saved
-    (home / "config.toml").write_text("[archive]\nretention_years = 1e-10\n")  # ~3 ms: all closed segments expire
-    return home
-
-
 @pytest.fixture
 def home(segmented, tmp_path, monkeypatch) -> Path:
     h, key = copy_archive(segmented, tmp_path)
+    (h / "config.toml").write_text("[archive]\nretention_years = 1e-10\n")  # ~3 ms: all closed segments expire
     monkeypatch.setenv("WXARCHIVE_MASTER_KEY_FILE", str(key))
     return h
 

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tenant_options
-from wxarchive.archive import journal as jmod
 from wxarchive.archive.archive import Archive
 from wxarchive.archive.journal import iter_frames
 from wxarchive.archive.verify import CannotVerify, identify, verify_archive
@@ -30,20 +28,8 @@ from wxarchive.archive.keys import LocalMasterKey
 
 
 @pytest.fixture(scope="module")
-def pristine(tenant, tmp_path_factory) -> Path:
-    from wxarchive.ingest import WeComCapture
-    from wxarchive.simulate.server import serve
-
-    home = tmp_path_factory.mktemp("tamper") / "home"
-    saved = jmod.SEGMENT_BYTES
-    jmod.SEGMENT_BYTES = 96 * 1024
-    try:
-        with serve(tenant) as sim, Archive.open(home, create=True) as ar:
-            result = WeComCapture(ar, tenant_options(tenant, sim.proxy_url)).run()
-        assert result.status == "ok", result.error
-    finally:
-        jmod.SEGMENT_BYTES = saved
-    return home
+def pristine(segmented) -> Path:
+    return segmented
 
 
 @pytest.fixture(scope="module")
