@@ -25,8 +25,11 @@ The first problem names the file, the entry's serial and its byte offset.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,10 +51,10 @@ from wxarchive.archive.checkpoints import (
 )
 from wxarchive.archive.journal import (
     GENESIS_HASH,
-    Frame,
+    HEAD,
     JournalError,
-    chain_hash,
-    iter_frames,
+    decode_meta,
+    iter_bodies,
     read_segment_header,
 )
 from wxarchive.archive.keys import KeyError_, MasterKeyProvider, load_archive_master_key
@@ -69,7 +72,6 @@ def _db_errors() -> tuple[type[Exception], ...]:
 
 _DB_ERRORS = _db_errors()  # an SQLCipher catalog raises its own DB-API error classes
 _KNOWN_FILES = {"append.lock", "head.json", "config.sha256"}  # access-log lock and head; config-change hint
-_U32 = 4
 
 
 @dataclass
@@ -134,7 +136,7 @@ def _noop(stage: str, n: int) -> None:
 # ---- journal ----------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _Seen:
     """What the journal walk hands to the catalog check, in serial order."""
 
@@ -146,21 +148,130 @@ class _Seen:
     tomb: dict | None = None  # an ``admin.purge`` tombstone's segment and blobs
 
 
+_PARALLEL_MIN_BYTES = 128 << 20  # journals smaller than this are checked in-process (start-up would dominate)
+
+
+@dataclass
+class _SegmentTask:
+    """One segment's frames to check, self-contained so a worker process can do it."""
+
+    path: Path
+    name: str  # as reported: <label>/<file>
+    key: bytes | None  # its data key, None when missing, unopenable or shredded
+    content_gone: bool  # shredded by a purge: only the chain can be checked
+    last_segment: bool
+    prev: bytes  # what its header says came before it
+    first: int
+    wanted: frozenset[int]  # serials whose hash the checkpoint checks need
+    need: str  # which _Seen to return: "all" | "blobs" (media and purge tombstones) | "none"
+
+
+@dataclass
+class _SegmentResult:
+    problems: list[Problem]
+    notes: list[str]
+    seen: list[_Seen]
+    hashes: dict[int, bytes]
+    entries: int
+    last_hash: bytes
+    next_serial: int
+
+
+def _check_segment(t: _SegmentTask) -> _SegmentResult:
+    """Check every frame of one segment: serial, chain hash, GCM tag, metadata. The hot loop of
+    verify, written flat (one pass over large reads, no per-frame objects but the _Seen wanted)."""
+    problems: list[Problem] = []
+    notes: list[str] = []
+    seen: list[_Seen] = []
+    hashes: dict[int, bytes] = {}
+    add, keep = problems.append, seen.append
+    name, wanted, need_all, need_any = t.name, t.wanted, t.need == "all", t.need != "none"
+    decrypt = AESGCM(t.key).decrypt if t.key is not None else None
+    unpack_head, hsize, sha256 = HEAD.unpack_from, HEAD.size, hashlib.sha256
+    kinds: dict[bytes, str] = {}
+    prev, expected, entries = t.prev, t.first, 0
+    for offset, body in iter_bodies(t.path):
+        if isinstance(offset, str):
+            if t.last_segment:
+                notes.append(f"{name}: incomplete final frame at offset {body} "
+                             "(a crash mid-write; cut off at the next open)")
+            else:
+                add(Problem("journal", name, "truncated frame inside the journal", offset=body))
+            break
+        entries += 1
+        serial, _t, klen = unpack_head(body)
+        if serial != expected:
+            add(Problem("journal", name, f"serial out of order (expected {expected})", serial, offset))
+        stored = body[-32:]
+        if sha256(prev + body[:-32]).digest() != stored:  # = chain_hash(prev, head, nonce, ciphertext)
+            add(Problem("journal", name, "hash chain broken (entry altered, inserted, removed or reordered)",
+                        serial, offset))
+        prev, expected = stored, serial + 1
+        if serial in wanted:
+            hashes[serial] = stored
+        hl = hsize + klen
+        kb = body[hsize:hl]
+        kind = kinds.get(kb)
+        if kind is None:
+            kind = kinds[kb] = kb.decode("ascii", "replace")
+        if decrypt is None:
+            if need_all and not t.content_gone:
+                keep(_Seen(serial, kind, None, None))
+            continue
+        try:
+            pt = decrypt(body[hl : hl + 12], body[hl + 12 : -32], body[:hl])
+        except InvalidTag:
+            add(Problem("journal", name, "fails authentication (content altered)", serial, offset))
+            continue
+        try:
+            meta = decode_meta(pt[4 : 4 + int.from_bytes(pt[:4], "big")])
+            if not isinstance(meta, dict):
+                raise ValueError
+        except ValueError:
+            add(Problem("journal", name, "metadata is not a JSON object", serial, offset))
+            continue
+        if kind == "media":
+            blob = meta.get("sha256") if meta.get("state") == "present" else None
+            if need_any:
+                keep(_Seen(serial, kind, meta.get("source"), meta.get("key"), blob if isinstance(blob, str) else None))
+        elif kind == "admin.purge":
+            if need_any:
+                keep(_Seen(serial, kind, meta.get("source"), meta.get("key"), None,
+                           {"segment": meta.get("segment"), "blobs": meta.get("blobs") or []}))
+        elif need_all:
+            keep(_Seen(serial, kind, meta.get("source"), meta.get("key")))
+    return _SegmentResult(problems, notes, seen, hashes, entries, prev, expected)
+
+
+@dataclass
+class _Plan:
+    """A segment's header read and its key opened (in order, in the main process)."""
+
+    seg: Path
+    name: str
+    header_problems: list[Problem]
+    key_problems: list[Problem]
+    task: _SegmentTask | None  # None: the header is unreadable, its frames cannot be walked
+
+
 class _JournalWalk:
     def __init__(self, journal_dir: Path, master: MasterKeyProvider, report: Report,
-                 wanted_hashes: set[int], progress: ProgressFn, label: str = "journal"):
+                 wanted_hashes: set[int], progress: ProgressFn, label: str = "journal", *,
+                 need: str = "all", workers: int | None = None):
         self.dir = journal_dir
         self.label = label
         self.master = master
         self.report = report
-        self.wanted = wanted_hashes
+        self.wanted = frozenset(wanted_hashes)
         self.hashes: dict[int, tuple[bytes, str]] = {}  # serial -> (hash, segment) for checkpoints
         self.progress = progress
         self.key_failures = 0
         self.keys_opened = 0
         self.shredded: set[str] = set()  # segments whose key was destroyed by a purge
+        self.need = need
+        self.workers = workers  # None: in parallel when the journal is large and there are cores
 
-    def _aead(self, seg: Path) -> AESGCM | None:
+    def _key(self, seg: Path, out: list[Problem]) -> bytes | None:
         kp = self.dir / "keys" / (seg.stem + ".key")
         try:
             wrapped = kp.read_bytes()
@@ -168,20 +279,79 @@ class _JournalWalk:
             if (self.dir / "keys" / (seg.stem + ".shredded")).exists():
                 self.shredded.add(seg.name)  # purged: a tombstone must say so (checked at the end)
                 return None
-            self.report.add(Problem("keys", f"{self.label}/keys/{kp.name}", f"the data key of {seg.name} is missing"))
+            out.append(Problem("keys", f"{self.label}/keys/{kp.name}", f"the data key of {seg.name} is missing"))
             return None
         try:
             key = self.master.unwrap(wrapped)
         except (KeyError_, ValueError):
             self.key_failures += 1
-            self.report.add(Problem("keys", f"{self.label}/keys/{kp.name}",
-                                    f"the data key of {seg.name} does not open (altered, or another master key)"))
+            out.append(Problem("keys", f"{self.label}/keys/{kp.name}",
+                               f"the data key of {seg.name} does not open (altered, or another master key)"))
             return None
         if len(key) != 32:
-            self.report.add(Problem("keys", f"{self.label}/keys/{kp.name}", "the data key has the wrong length"))
+            out.append(Problem("keys", f"{self.label}/keys/{kp.name}", "the data key has the wrong length"))
             return None
         self.keys_opened += 1
-        return AESGCM(key)
+        return key
+
+    def _plan(self, seg: Path, last_segment: bool) -> _Plan:
+        name = f"{self.label}/{seg.name}"
+        hp: list[Problem] = []
+        try:
+            first = int(seg.stem.split("-")[1])
+        except (IndexError, ValueError):
+            hp.append(Problem("journal", name, "segment name does not carry its first serial"))
+            first = None
+        try:
+            with open(seg, "rb") as f:
+                header = read_segment_header(f)
+            hdr_first = int(header["first_serial"])
+            hdr_prev = bytes.fromhex(header["prev_hash"])
+        except (JournalError, OSError, ValueError, KeyError, TypeError) as e:
+            hp.append(Problem("journal", name, f"segment header unreadable ({e.__class__.__name__})", offset=0))
+            return _Plan(seg, name, hp, [], None)
+        bad = [k for k, want in (("segment", seg.name), ("cipher", "AES-256-GCM"), ("chain", "SHA-256"))
+               if header.get(k) != want]
+        if bad or not isinstance(header.get("created_at"), int):
+            hp.append(Problem("journal", name, f"segment header altered ({', '.join(bad) or 'created_at'})",
+                              serial=hdr_first, offset=0))
+        if first is not None and first != hdr_first:
+            hp.append(Problem("journal", name, f"segment name says it starts at entry {first}, its header "
+                                               f"{hdr_first} (renamed or swapped)", serial=hdr_first, offset=0))
+        kp: list[Problem] = []
+        key = self._key(seg, kp)
+        task = _SegmentTask(seg, name, key, key is None and seg.name in self.shredded, last_segment,
+                            hdr_prev, hdr_first, self.wanted, self.need)
+        return _Plan(seg, name, hp, kp, task)
+
+    def _results(self, plans: list[_Plan]) -> Iterator[tuple[_Plan, _SegmentResult | None]]:
+        """Each plan with its segment checked, in order: in worker processes for a large journal
+        (at most two segments ahead per worker in flight, so memory stays bounded)."""
+        workers = self.workers
+        if workers is None:
+            size = sum(p.seg.stat().st_size for p in plans if p.task is not None)
+            workers = min(os.cpu_count() or 1, 4) if size >= _PARALLEL_MIN_BYTES else 1
+        todo = [p for p in plans if p.task is not None]
+        if workers <= 1 or len(todo) < 2:
+            for p in plans:
+                yield p, _check_segment(p.task) if p.task is not None else None
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pending: deque = deque()
+            it = iter(plans)
+            for p in it:
+                pending.append((p, pool.submit(_check_segment, p.task) if p.task is not None else None))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                p, fut = pending.popleft()
+                yield p, fut.result() if fut is not None else None
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(_check_segment, nxt.task) if nxt.task is not None else None))
 
     def walk(self) -> Iterator[_Seen]:
         r = self.report
@@ -190,93 +360,37 @@ class _JournalWalk:
                  and not p.name.startswith(".") and p.name not in _KNOWN_FILES]
         for name in stray:
             r.notes.append(f"{self.label}/{name}: not a segment (ignored)")
-        prev, expected = GENESIS_HASH, 1
         r.segments = len(segs)
-        for i, seg in enumerate(segs):
-            name = f"{self.label}/{seg.name}"
-            try:
-                first = int(seg.stem.split("-")[1])
-            except (IndexError, ValueError):
-                r.add(Problem("journal", name, "segment name does not carry its first serial"))
-                first = expected
-            try:
-                with open(seg, "rb") as f:
-                    header = read_segment_header(f)
-                hdr_first = int(header["first_serial"])
-                hdr_prev = bytes.fromhex(header["prev_hash"])
-            except (JournalError, OSError, ValueError, KeyError, TypeError) as e:
-                r.add(Problem("journal", name, f"segment header unreadable ({e.__class__.__name__})", offset=0))
+        plans = [self._plan(seg, i == len(segs) - 1) for i, seg in enumerate(segs)]
+        prev, expected = GENESIS_HASH, 1
+        for plan, res in self._results(plans):
+            for p in plan.header_problems:
+                r.add(p)
+            t = plan.task
+            if t is None or res is None:
                 continue
-            bad = [k for k, want in (("segment", seg.name), ("cipher", "AES-256-GCM"), ("chain", "SHA-256"))
-                   if header.get(k) != want]
-            if bad or not isinstance(header.get("created_at"), int):
-                r.add(Problem("journal", name, f"segment header altered ({', '.join(bad) or 'created_at'})",
-                              serial=hdr_first, offset=0))
-            if first != hdr_first:
-                r.add(Problem("journal", name, f"segment name says it starts at entry {first}, its header "
-                                               f"{hdr_first} (renamed or swapped)", serial=hdr_first, offset=0))
-            if hdr_first > expected:
-                r.add(Problem("journal", name, f"entries {expected} to {hdr_first - 1} are missing before it "
+            name = plan.name
+            if t.first > expected:
+                r.add(Problem("journal", name, f"entries {expected} to {t.first - 1} are missing before it "
                                                f"({self.label}/seg-{expected:012d}.wxj deleted or cut short?)",
-                              serial=hdr_first, offset=0))
-            elif hdr_first < expected:
-                r.add(Problem("journal", name, f"starts at entry {hdr_first}, but entries up to {expected - 1} "
-                                               "came before it (duplicated or reordered)", serial=hdr_first, offset=0))
-            elif hdr_prev != prev:
+                              serial=t.first, offset=0))
+            elif t.first < expected:
+                r.add(Problem("journal", name, f"starts at entry {t.first}, but entries up to {expected - 1} "
+                                               "came before it (duplicated or reordered)", serial=t.first, offset=0))
+            elif t.prev != prev:
                 r.add(Problem("journal", name, "segment header does not chain to the previous segment's last entry",
-                              serial=hdr_first, offset=0))
-            # go on from what this segment says of itself: one problem per break, not a cascade
-            prev, expected = hdr_prev, hdr_first
-            aead = self._aead(seg)
-            last_segment = i == len(segs) - 1
-            for fr in iter_frames(seg):
-                if isinstance(fr, tuple):
-                    if last_segment:
-                        r.notes.append(f"{name}: incomplete final frame at offset {fr[1]} "
-                                       "(a crash mid-write; cut off at the next open)")
-                    else:
-                        r.add(Problem("journal", name, "truncated frame inside the journal", offset=fr[1]))
-                    break
-                seen = self._frame(fr, name, prev, expected, aead)
-                prev, expected = fr.hash, fr.serial + 1
-                if seen is not None:
-                    yield seen
-        r.head_serial, r.head_hash = expected - 1, prev.hex()
-
-    def _frame(self, fr: Frame, name: str, prev: bytes, expected: int, aead: AESGCM | None) -> _Seen | None:
-        r = self.report
-        r.entries += 1
-        if r.entries % 50_000 == 0:
+                              serial=t.first, offset=0))
+            for p in plan.key_problems + res.problems:
+                r.add(p)
+            r.notes.extend(res.notes)
+            for serial, h in res.hashes.items():
+                self.hashes[serial] = (h, plan.seg.name)
+            r.entries += res.entries
             self.progress("journal", r.entries)
-        if fr.serial != expected:
-            r.add(Problem("journal", name, f"serial out of order (expected {expected})", fr.serial, fr.offset))
-        if chain_hash(prev, fr.head, fr.nonce, fr.ciphertext) != fr.hash:
-            r.add(Problem("journal", name, "hash chain broken (entry altered, inserted, removed or reordered)",
-                          fr.serial, fr.offset))
-        if fr.serial in self.wanted:
-            self.hashes[fr.serial] = (fr.hash, fr.segment.name)
-        if aead is None:
-            if fr.segment.name in self.shredded:
-                return None  # content purged: the chain above is all there is to check
-            return _Seen(fr.serial, fr.kind, None, None)
-        try:
-            pt = aead.decrypt(fr.nonce, fr.ciphertext, fr.head)
-        except InvalidTag:
-            r.add(Problem("journal", name, "fails authentication (content altered)", fr.serial, fr.offset))
-            return None
-        try:
-            n = int.from_bytes(pt[:_U32], "big")
-            meta = json.loads(pt[_U32 : _U32 + n])
-            if not isinstance(meta, dict):
-                raise ValueError
-        except ValueError:
-            r.add(Problem("journal", name, "metadata is not a JSON object", fr.serial, fr.offset))
-            return None
-        blob = meta.get("sha256") if fr.kind == "media" and meta.get("state") == "present" else None
-        tomb = ({"segment": meta.get("segment"), "blobs": meta.get("blobs") or []}
-                if fr.kind == "admin.purge" else None)
-        return _Seen(fr.serial, fr.kind, meta.get("source"), meta.get("key"), blob if isinstance(blob, str) else None,
-                     tomb)
+            yield from res.seen
+            # go on from what this segment says of itself: one problem per break, not a cascade
+            prev, expected = res.last_hash, res.next_serial
+        r.head_serial, r.head_hash = expected - 1, prev.hex()
 
 
 # ---- checkpoints ------------------------------------------------------------------------
@@ -436,7 +550,9 @@ def identify(home: Path, master_key_file: str | None = None) -> tuple[str, Maste
 
 def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
                    against: Path | None = None, blobs: bool = True, catalog: bool = True,
-                   progress: ProgressFn = _noop) -> Report:
+                   progress: ProgressFn = _noop, workers: int | None = None) -> Report:
+    """Check everything the archive holds (see the module docstring). ``workers``: processes for
+    the journal walk; None picks by size (in-process below 128 MiB of segments)."""
     report = Report()
     journal_dir = home / "journal"
     if not journal_dir.is_dir():
@@ -458,7 +574,6 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
     if pub_path.exists() and not (home / "keys" / "signing.key").exists():
         report.add(Problem("keys", "keys/signing.key", "missing (signing.pub is there): restore it from backup"))
     wanted = {cp.serial for _, cp in cps} | ({external.serial} if external else set())
-    walk = _JournalWalk(journal_dir, master, report, wanted, progress)
     check: _CatalogCheck | None = None
     try:
         if catalog and (home / "catalog.db").exists():
@@ -469,6 +584,8 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
                 check = _CatalogCheck(home / "catalog.db", report, master.unwrap(ck.read_bytes()) if ck.exists() else None)
             except (*_DB_ERRORS, CatalogError, KeyError_) as e:
                 report.add(Problem("catalog", "catalog.db", f"unreadable ({e})"))
+        walk = _JournalWalk(journal_dir, master, report, wanted, progress, need="all" if check is not None else "blobs",
+                            workers=workers)
         journal_blobs: dict[str, int] = {}  # sha256 -> first entry saying it was stored
         tombstoned: set[str] = set()
         purged_blobs: set[str] = set()
@@ -543,7 +660,8 @@ def _check_audit(audit_dir: Path, master: MasterKeyProvider, public, archive_id:
         except CheckpointError as e:
             report.add(Problem("audit", "audit/head.json", str(e).split(": ", 1)[-1]))
     scratch = Report()
-    walk = _JournalWalk(audit_dir, master, scratch, {head.serial} if head else set(), progress, label="audit")
+    walk = _JournalWalk(audit_dir, master, scratch, {head.serial} if head else set(), progress, label="audit",
+                        need="none", workers=1)
     for _ in walk.walk():
         pass
     report.audit_entries = scratch.entries

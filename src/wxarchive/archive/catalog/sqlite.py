@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, event, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from wxarchive.archive.catalog import schema as s
-from wxarchive.model import Attachment, AttachmentState, Message
+from wxarchive.model import AttachmentState, Message
 
 
 def _on_connect(dbapi_conn, _record) -> None:
