@@ -82,7 +82,7 @@ def _check_signature(mpath: Path, manifest: dict[str, Any], expect_fingerprint: 
     from cryptography.exceptions import InvalidSignature
 
     from wxarchive.archive.checkpoints import CheckpointError, fingerprint, load_public_pem
-    from wxarchive.export.jsonl import manifest_payload
+    from wxarchive.export.manifest import manifest_payload
 
     if not manifest.get("signature") or not manifest.get("public_key"):
         raise TamperedExport(f"{mpath}: not signed")

@@ -23,26 +23,18 @@ With no filter, the export holds every record, quarantined ones included.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import os
-import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wxarchive.archive.audit import current_user
-from wxarchive.archive.checkpoints import Signer, public_pem
+from wxarchive.export.manifest import ExportError, latest_checkpoint, manifest_payload, prepare_out, write_manifest
 from wxarchive.search.query import Query, count, search
 
 FORMAT = "wxarchive-export/1"
 RECORD_KINDS = {"wecom.chatdata", "wecom.message", "media", "quarantine"}
-
-
-class ExportError(Exception):
-    """The export cannot be written; the message names the path."""
+__all__ = ["ExportError", "ExportResult", "export_jsonl", "manifest_payload", "FORMAT"]
 
 
 @dataclass
@@ -56,45 +48,10 @@ class ExportResult:
     files: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
-
-
-def _prepare(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out}: is a file, not a folder")
-    if out.exists() and any(out.iterdir()):
-        raise ExportError(f"{out}: not empty (an export goes into a new or empty folder)")
-    try:
-        (out / "media").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"{out}: cannot create ({e.strerror or e.__class__.__name__})") from None
-
-
-def _latest_checkpoint(archive):
-    """The newest signed checkpoint, carrying the public key (exports run read-only: beside a
-    running ingest the journal may already be past it; the manifest says how far)."""
-    from dataclasses import replace
-
-    from wxarchive.archive.checkpoints import list_checkpoints, read_checkpoint
-
-    cps = list_checkpoints(archive.journal.dir)
-    pub = archive.home / "keys" / "signing.pub"
-    if not cps or not pub.exists():
-        return None
-    return replace(read_checkpoint(cps[-1]), public_key=pub.read_text())
-
-
 def export_jsonl(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz: str = "UTC",
                  progress: Callable[[int, int], None] = lambda done, total: None) -> ExportResult:
     """Write the export of record for the messages ``q`` selects (everything if it has no filter)."""
-    _prepare(out)
+    prepare_out(out, "media")
     result = ExportResult(out)
     engine = archive.catalog.engine
     everything = q == Query()
@@ -139,34 +96,13 @@ def export_jsonl(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz
         for ev in archive.access_log().events():
             f.write(json.dumps({"source": "access_log", **ev.to_dict()}, ensure_ascii=False) + "\n")
             result.audit_events += 1
-    cp = _latest_checkpoint(archive)
+    cp = latest_checkpoint(archive)
     (out / "checkpoint.json").write_text(cp.to_json(with_public_key=True) if cp else "{}\n")
-    files = sorted(p for p in out.rglob("*") if p.is_file())
-    for p in files:
-        sha, size = _sha256_file(p)
-        result.files.append({"path": str(p.relative_to(out)), "sha256": sha, "size": size})
     searched = count(engine, q)
-    manifest = {
-        "format": FORMAT, "archive_id": archive.archive_id, "query": query_text,
-        "exported_by": current_user(), "on_behalf_of": os.environ.get("WXARCHIVE_ON_BEHALF_OF") or None,
-        "host": socket.gethostname(), "exported_at": int(time.time() * 1000),
-        "checkpoint_serial": cp.serial if cp else None,
-        "last_exported_entry": last_serial,
-        "counts": {"messages": result.messages, "search_count": searched, "reconciled": searched == result.messages,
-                   "records": result.records, "entries": result.entries, "media_files": result.media,
-                   "audit_events": result.audit_events},
-        "files": result.files,
-    }
-    signer = Signer.load(archive.home / "keys", archive.master)
-    if signer is not None:  # the hashes mean something only if the list of them is signed
-        manifest["public_key"] = public_pem(signer.public)
-        manifest["key_fingerprint"] = signer.fingerprint
-        manifest["signature"] = signer.private.sign(manifest_payload(manifest)).hex()
-    (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
+    manifest = write_manifest(
+        archive, out, fmt=FORMAT, query=query_text, last_exported_entry=last_serial,
+        counts={"messages": result.messages, "search_count": searched, "reconciled": searched == result.messages,
+                "records": result.records, "entries": result.entries, "media_files": result.media,
+                "audit_events": result.audit_events})
+    result.files = manifest["files"]
     return result
-
-
-def manifest_payload(manifest: dict[str, Any]) -> bytes:
-    """The bytes a manifest's signature covers: all of it but the signature, canonical JSON."""
-    body = {k: v for k, v in manifest.items() if k != "signature"}
-    return json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()

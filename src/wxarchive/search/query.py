@@ -17,7 +17,7 @@ from datetime import date, datetime, time as dtime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, bindparam, func, literal_column, or_, select, text
+from sqlalchemy import and_, func, literal_column, or_, select, text
 
 from wxarchive.archive.catalog import schema as s
 from wxarchive.model import iso_time
@@ -140,6 +140,32 @@ def _attachments(conn, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
                  "sha256": r["sha256"], "state": r["state"], "reason": r["reason"]}
             )
     return out
+
+
+def iter_results(engine, q: Query, tz: str = "UTC", *, by_conversation: bool = False,
+                 batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """Like ``search`` but streamed (memory stays flat however many match) and with each
+    message's ``content`` and ``reply_to``; ``by_conversation``: ordered by conversation, then
+    time, for exporters that write one file per conversation."""
+    m = s.messages
+    order = [m.c.sent_at.is_(None), m.c.sent_at, m.c.seq, m.c.id]
+    if by_conversation:
+        order = [m.c.source, m.c.conversation_id, *order]
+    stmt = select(m).where(and_(True, *_where(q))).order_by(*order).offset(q.offset)
+    if q.limit is not None:
+        stmt = stmt.limit(q.limit)
+    with engine.connect() as c:
+        # a second connection reads the attachments: the first one's cursor stays open
+        with engine.connect() as c2:
+            result = c.execution_options(yield_per=batch).execute(stmt).mappings()
+            for rows in result.partitions(batch):
+                atts = _attachments(c2, [r["id"] for r in rows])
+                for r in rows:
+                    d = row_to_result(r, atts.get(r["id"], []), tz)
+                    d["sent_at_ms"] = r["sent_at"]
+                    d["reply_to"] = r["reply_to"]
+                    d["content"] = json.loads(r["content"])
+                    yield d
 
 
 def row_to_result(r, attachments: list[dict[str, Any]], tz: str) -> dict[str, Any]:

@@ -1,0 +1,97 @@
+"""What every export writes beside its files: ``manifest.json``, the chain-of-custody record.
+
+It holds the query, who ran it (and on whose behalf), when and where, the archive and the
+checkpoint the export was read at, every file with its SHA-256 and size, and counts
+reconciled with the search count for the same query. It is signed (Ed25519) with the
+archive's signing key, whose public half and fingerprint it carries: a recipient can prove
+that no file was altered, added or removed since (``wxarchive import`` does, for jsonl).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from wxarchive.archive.audit import current_user
+from wxarchive.archive.checkpoints import Signer, list_checkpoints, public_pem, read_checkpoint
+
+
+class ExportError(Exception):
+    """The export cannot be written; the message names the path."""
+
+
+def prepare_out(out: Path, *subdirs: str) -> None:
+    """``out`` must be a new or empty folder (an export never mixes with older files)."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: is a file, not a folder")
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out}: not empty (an export goes into a new or empty folder)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for d in subdirs:
+            (out / d).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"{out}: cannot create ({e.strerror or e.__class__.__name__})") from None
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def latest_checkpoint(archive):
+    """The newest signed checkpoint, carrying the public key (exports run read-only: beside a
+    running ingest the journal may already be past it; the manifest says how far)."""
+    cps = list_checkpoints(archive.journal.dir)
+    pub = archive.home / "keys" / "signing.pub"
+    if not cps or not pub.exists():
+        return None
+    return replace(read_checkpoint(cps[-1]), public_key=pub.read_text())
+
+
+def list_files(out: Path) -> list[dict[str, Any]]:
+    """Every file under ``out`` but the manifest, with SHA-256 and size, in path order."""
+    files = []
+    for p in sorted(p for p in out.rglob("*") if p.is_file() and p.relative_to(out).as_posix() != "manifest.json"):
+        sha, size = sha256_file(p)
+        files.append({"path": p.relative_to(out).as_posix(), "sha256": sha, "size": size})
+    return files
+
+
+def manifest_payload(manifest: dict[str, Any]) -> bytes:
+    """The bytes a manifest's signature covers: all of it but the signature, canonical JSON."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_manifest(archive, out: Path, *, fmt: str, query: dict[str, Any], counts: dict[str, Any],
+                   **extra: Any) -> dict[str, Any]:
+    """Hash every file in ``out``, sign, write ``out/manifest.json``; returns the manifest."""
+    cp = latest_checkpoint(archive)
+    manifest = {
+        "format": fmt, "archive_id": archive.archive_id, "query": query,
+        "exported_by": current_user(), "on_behalf_of": os.environ.get("WXARCHIVE_ON_BEHALF_OF") or None,
+        "host": socket.gethostname(), "exported_at": int(time.time() * 1000),
+        "checkpoint_serial": cp.serial if cp else None,
+        **extra,
+        "counts": counts,
+        "files": list_files(out),
+    }
+    signer = Signer.load(archive.home / "keys", archive.master)
+    if signer is not None:  # the hashes mean something only if the list of them is signed
+        manifest["public_key"] = public_pem(signer.public)
+        manifest["key_fingerprint"] = signer.fingerprint
+        manifest["signature"] = signer.private.sign(manifest_payload(manifest)).hex()
+    (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return manifest
