@@ -768,9 +768,15 @@ def checkpoint_cmd(
                   highlight=False)
 
 
+EXPORT_FORMATS = {
+    "jsonl": "the lossless export of record (re-importable with 'wxarchive import')",
+    "rsmf": "Relativity Short Message Format 2.0: one .rsmf per conversation (split at 10,000 events / 190 MB)",
+}
+
+
 @app.command("export")
 def export_cmd(
-    fmt: str = typer.Option(..., "--format", help="jsonl: the lossless export of record (re-importable)."),
+    fmt: str = typer.Option(..., "--format", help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items())),
     out_dir: Path = typer.Option(..., "--out", help="A new or empty folder."),
     text: Optional[str] = typer.Option(None, "--text", help="Only messages containing this text."),
     sender: Optional[str] = typer.Option(None, "--sender", help="Sender id or name."),
@@ -779,12 +785,12 @@ def export_cmd(
     since: Optional[str] = typer.Option(None, "--since", help="From this date/time (inclusive)."),
     until: Optional[str] = typer.Option(None, "--until", help="Up to this date (inclusive) or time (exclusive)."),
 ) -> None:
-    """Export a selection with its audit trail, checkpoint and a hash manifest."""
-    if fmt != "jsonl":
-        fail(f"--format {fmt!r}: only 'jsonl' (the export of record) is built so far")
-    from rich.progress import BarColumn, Progress
+    """Export a selection, with a signed hash manifest (manifest.json) for chain of custody."""
+    if fmt not in EXPORT_FORMATS:
+        fail(f"--format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
-    from wxarchive.export.jsonl import ExportError, export_jsonl
+    from wxarchive.export.manifest import ExportError
 
     archive, settings = _open_archive(readonly=True)
     tz = settings.timezone
@@ -796,20 +802,66 @@ def export_cmd(
         q = _query(text, sender, kind, conversation, since, until, False, tz)
         query = {k: v for k, v in {"text": text, "sender": sender, "type": kind, "conversation": conversation,
                                    "since": since, "until": until}.items() if v is not None}
-        with Progress("exporting", BarColumn(), console=err, transient=True) as bar:
+        with Progress(f"exporting {fmt}", BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
             task = bar.add_task("export", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
             try:
-                res = export_jsonl(archive, q, out_dir, query_text=query, tz=tz,
-                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+                if fmt == "jsonl":
+                    from wxarchive.export.jsonl import export_jsonl
+
+                    res = export_jsonl(archive, q, out_dir, query_text=query, tz=tz, progress=progress)
+                    summary = (f"{res.messages} message(s) ({res.records} record(s), {res.entries} journal entries, "
+                               f"{res.media} media file(s), {res.audit_events} audit event(s))")
+                    messages, files = res.messages, res.files
+                else:
+                    from wxarchive.export.rsmf import export_rsmf
+
+                    r = export_rsmf(archive, q, out_dir, query_text=query, tz=tz, progress=progress)
+                    summary = (f"{r.messages} message(s) of {r.conversations} conversation(s) in {r.files} .rsmf "
+                               f"file(s), {r.attachments} attachment file(s)"
+                               + (f", {r.attachments_not_stored} attachment(s) listed but not stored"
+                                  if r.attachments_not_stored else ""))
+                    messages, files = r.messages, r.file_list
             except ExportError as e:
                 fail(str(e))
         archive.access_log().record("export", query={**query, "format": fmt, "out": str(out_dir)},
-                                    results=res.messages, files=res.files)
+                                    results=messages, files=files)
     finally:
         archive.close()
-    out.print(f"exported {res.messages} message(s) ({res.records} record(s), {res.entries} journal entries, "
-              f"{res.media} media file(s), {res.audit_events} audit event(s)) to {out_dir}; see manifest.json",
-              highlight=False)
+    out.print(f"exported {summary} to {out_dir}; see manifest.json", highlight=False)
+
+
+@app.command("validate-rsmf")
+def validate_rsmf_cmd(
+    files: list[Path] = typer.Argument(..., help=".rsmf files, rsmf.zip files or rsmf_manifest.json files."),
+    no_format_check: bool = typer.Option(False, "--no-format-check",
+                                         help="Do not check formats (RFC 3339 times, e-mails), as Relativity does not."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON report per file."),
+) -> None:
+    """Check RSMF files as Relativity's validator does, plus the rules its schema leaves out.
+    Exit 0: all Passed (or PassedWithWarnings); 1: a file Failed; 2: a file could not be read."""
+    from wxarchive.export.rsmf_validate import CannotValidate, validate_file
+
+    worst = 0
+    for path in files:
+        try:
+            v = validate_file(path, format_check=not no_format_check)
+        except CannotValidate as e:
+            err.print(safe(f"error: {e}"), highlight=False, markup=False)
+            worst = 2
+            continue
+        if as_json:
+            print(json.dumps(v.to_dict(), ensure_ascii=False))
+        else:
+            out.print(safe(f"{path}: {v.result}"), highlight=False, markup=False)
+            for f in v.findings:
+                out.print(safe(f"  {f.line()}"), highlight=False, markup=False)
+        if v.result == "Failed":
+            worst = max(worst, 1)
+    raise typer.Exit(worst)
 
 
 @app.command("import")

@@ -1,0 +1,151 @@
+"""The one model every exporter writes from: conversations, cut into slices, with people.
+
+An exporter asks for the messages a query selects, grouped by conversation in time order and
+cut into slices (at most ``max_events`` messages, at most ``max_bytes`` of text plus
+attachments, and, if asked, one slice per local calendar day). Messages are streamed from
+the catalog: only one slice is in memory at a time. People and conversations are looked up
+in the catalog's directory tables (names as the archive knows them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from wxarchive.archive.catalog import schema as s
+from wxarchive.search.query import Query, iter_results
+
+
+@dataclass(frozen=True)
+class Person:
+    id: str
+    display: str
+    kind: str  # employee | external | robot | unknown | system
+
+
+SYSTEM = Person("(system)", "System", "system")  # the sender of events that have none
+
+
+@dataclass(frozen=True)
+class Conversation:
+    source: str
+    id: str
+    kind: str  # direct | group
+    title: str | None
+
+    @property
+    def platform(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def key(self) -> str:
+        """Stable short id of the conversation (file names, collection ids)."""
+        return hashlib.sha256(f"{self.source}\0{self.id}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class Slice:
+    conversation: Conversation
+    part: int  # 1, 2, ... within the conversation
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    size: int = 0  # bytes of text and attachments, as counted for max_bytes
+    day: str | None = None  # the local date, when cut per day
+
+
+class Directory:
+    """Names of people and conversations, read once from the catalog."""
+
+    def __init__(self, engine):
+        self.people: dict[tuple[str, str], Person] = {}
+        self.conversations: dict[tuple[str, str], Conversation] = {}
+        with engine.connect() as c:
+            for r in c.execute(select(s.participants)):
+                self.people[(r.source, r.id)] = Person(r.id, r.display_name or r.id, r.kind)
+            for r in c.execute(select(s.conversations)):
+                self.conversations[(r.source, r.id)] = Conversation(r.source, r.id, r.kind, r.title)
+
+    def person(self, source: str, pid: str | None) -> Person:
+        if not pid:
+            return SYSTEM
+        return self.people.get((source, pid)) or Person(pid, pid, "unknown")
+
+    def conversation(self, source: str, cid: str, kind: str) -> Conversation:
+        return self.conversations.get((source, cid)) or Conversation(source, cid, kind, None)
+
+    def title(self, conv: Conversation, members: list[str] | None = None) -> str:
+        """What to call a conversation: its group name, else its members' names."""
+        if conv.title:
+            return conv.title
+        ids = members if members is not None else conv.id.split("|")
+        return ", ".join(self.person(conv.source, i).display for i in ids) or conv.id
+
+
+def message_size(m: dict[str, Any]) -> int:
+    return len(m["text"].encode()) + sum(a["size"] or 0 for a in m["attachments"] if a["state"] == "present")
+
+
+def slices(engine, q: Query, directory: Directory, tz: str, *, max_events: int = 10_000,
+           max_bytes: int | None = None, per_day: bool = False,
+           on_message: Callable[[], None] = lambda: None) -> Iterator[Slice]:
+    """The selected messages as slices, conversation by conversation, each in time order."""
+    cur: Slice | None = None
+    for m in iter_results(engine, q, tz, by_conversation=True):
+        on_message()
+        day = (m["sent_at"] or "")[:10] if per_day else None
+        size = message_size(m)
+        if cur is not None and (cur.conversation.source, cur.conversation.id) == (m["source"], m["conversation"]):
+            full = len(cur.messages) >= max_events or (max_bytes is not None and cur.size + size > max_bytes)
+            if full or (per_day and day != cur.day):
+                yield cur
+                cur = Slice(cur.conversation, cur.part + 1, day=day)
+        else:
+            if cur is not None:
+                yield cur
+            cur = Slice(directory.conversation(m["source"], m["conversation"], m["conversation_kind"]), 1, day=day)
+        cur.messages.append(m)
+        cur.size += size
+    if cur is not None:
+        yield cur
+
+
+def members(sl: Slice) -> list[str]:
+    """Everyone in a slice (senders, then recipients), in order of first appearance."""
+    seen: dict[str, None] = {}
+    for m in sl.messages:
+        for pid in [m["sender"], *m["recipients"]]:
+            if pid:
+                seen.setdefault(pid, None)
+    return list(seen)
+
+
+def link_quotes(sl: Slice, directory: Directory) -> None:
+    """Give quoted replies whose source names no quoted message (WeCom sends only the quoted
+    text and its sender's display name) a ``reply_to``: the latest earlier message of the slice
+    with exactly that text, preferring one by a sender of that name. Marked ``reply_inferred``."""
+    latest: dict[str, list[dict[str, Any]]] = {}  # text -> earlier messages with it, in order
+    for m in sl.messages:
+        quote = m["content"].get("quote") if isinstance(m["content"], dict) else None
+        if m["reply_to"] is None and isinstance(quote, dict) and quote.get("quoted_text"):
+            candidates = latest.get(quote["quoted_text"], [])
+            named = [c for c in candidates
+                     if quote.get("quoted_sender") in (c["sender"], directory.person(c["source"], c["sender"]).display)]
+            pick = (named or candidates)[-1:]
+            if pick:
+                m["reply_to"] = pick[0]["msgid"]
+                m["reply_inferred"] = True
+        latest.setdefault(m["text"], []).append(m)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(*parts: str, limit: int = 60) -> str:
+    """A portable file-name fragment: ASCII letters, digits, '.', '_' and '-' only, never
+    starting with a dot, at most ``limit`` characters (uniqueness comes from a hash beside it)."""
+    name = _UNSAFE.sub("_", "_".join(p for p in parts if p)).strip("._") or "x"
+    return name[:limit]
