@@ -96,7 +96,9 @@ def safe(text: str) -> str:
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(safe(message))}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -771,6 +773,9 @@ def checkpoint_cmd(
 EXPORT_FORMATS = {
     "jsonl": "the lossless export of record (re-importable with 'wxarchive import')",
     "rsmf": "Relativity Short Message Format 2.0: one .rsmf per conversation (split at 10,000 events / 190 MB)",
+    "eml": "RFC 5322 e-mails for enterprise archives, one per conversation-day (--per message: one per message)",
+    "html": "self-contained HTML transcripts, one per conversation, media beside them",
+    "csv": "messages.csv for spreadsheets (UTF-8 with BOM, formulas neutralised)",
 }
 
 
@@ -784,10 +789,13 @@ def export_cmd(
     conversation: Optional[str] = typer.Option(None, "--conversation", help="Conversation id or group name."),
     since: Optional[str] = typer.Option(None, "--since", help="From this date/time (inclusive)."),
     until: Optional[str] = typer.Option(None, "--until", help="Up to this date (inclusive) or time (exclusive)."),
+    per: str = typer.Option("day", "--per", help="eml only: one e-mail per conversation-'day' or per 'message'."),
 ) -> None:
     """Export a selection, with a signed hash manifest (manifest.json) for chain of custody."""
     if fmt not in EXPORT_FORMATS:
         fail(f"--format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    if per not in ("day", "message"):
+        fail(f"--per {per!r}: use 'day' or 'message'")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
     from wxarchive.export.manifest import ExportError
@@ -816,7 +824,7 @@ def export_cmd(
                     summary = (f"{res.messages} message(s) ({res.records} record(s), {res.entries} journal entries, "
                                f"{res.media} media file(s), {res.audit_events} audit event(s))")
                     messages, files = res.messages, res.files
-                else:
+                elif fmt == "rsmf":
                     from wxarchive.export.rsmf import export_rsmf
 
                     r = export_rsmf(archive, q, out_dir, query_text=query, tz=tz, progress=progress)
@@ -825,6 +833,24 @@ def export_cmd(
                                + (f", {r.attachments_not_stored} attachment(s) listed but not stored"
                                   if r.attachments_not_stored else ""))
                     messages, files = r.messages, r.file_list
+                elif fmt == "eml":
+                    from wxarchive.export.eml import export_eml
+
+                    r = export_eml(archive, q, out_dir, query_text=query, tz=tz, per=per, progress=progress)
+                    summary = f"{r.messages} message(s) in {r.emls} .eml file(s), {r.attachments} attachment(s)"
+                    messages, files = r.messages, r.file_list
+                elif fmt == "html":
+                    from wxarchive.export.html import export_html
+
+                    r = export_html(archive, q, out_dir, query_text=query, tz=tz, progress=progress)
+                    summary = f"{r.messages} message(s) of {r.conversations} conversation(s), {r.media} media file(s)"
+                    messages, files = r.messages, r.file_list
+                else:
+                    from wxarchive.export.csv import export_csv
+
+                    r = export_csv(archive, q, out_dir, query_text=query, tz=tz, progress=progress)
+                    summary = f"{r.messages} message(s) to messages.csv"
+                    messages, files = r.messages, r.file_list
             except ExportError as e:
                 fail(str(e))
         archive.access_log().record("export", query={**query, "format": fmt, "out": str(out_dir)},
@@ -832,6 +858,73 @@ def export_cmd(
     finally:
         archive.close()
     out.print(f"exported {summary} to {out_dir}; see manifest.json", highlight=False)
+
+
+@app.command("journal")
+def journal_cmd(
+    smtp: str = typer.Option(..., "--smtp", help="The journaling server, HOST:PORT."),
+    to: list[str] = typer.Option(..., "--to", help="The journaling address (repeat for several)."),
+    sender: str = typer.Option("wxarchive@localhost", "--from", help="Envelope sender."),
+    no_tls: bool = typer.Option(False, "--no-tls", help="Send without STARTTLS (only to a relay on this host)."),
+    ca_file: Optional[Path] = typer.Option(None, "--ca-file", help="Also trust this CA certificate (PEM)."),
+    user: Optional[str] = typer.Option(None, "--user", help="SMTP AUTH user (password: --password-file or "
+                                                            "WXARCHIVE_SMTP_PASSWORD)."),
+    password_file: Optional[Path] = typer.Option(None, "--password-file", help="File holding the SMTP password."),
+    per: str = typer.Option("day", "--per", help="One e-mail per conversation-'day' or per 'message'."),
+    conversation: Optional[str] = typer.Option(None, "--conversation", help="Only this conversation."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only messages from this date/time."),
+    attempts: int = typer.Option(8, "--attempts", min=1, help="Tries per e-mail before giving up."),
+) -> None:
+    """Deliver archived messages as EML to an enterprise archive over SMTP, each exactly once
+    (a ledger per target; re-runs send only what is new)."""
+    import os
+
+    from wxarchive.export.journaling import JournalingError, SmtpTarget, journal_smtp
+
+    host, _, port = smtp.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        fail(f"--smtp {smtp!r}: give HOST:PORT, e.g. feeds.example.com:25")
+    if per not in ("day", "message"):
+        fail(f"--per {per!r}: use 'day' or 'message'")
+    password = None
+    if user:
+        if password_file is not None:
+            try:
+                password = password_file.read_text().strip()
+            except OSError as e:
+                fail(f"--password-file {password_file}: cannot read ({e.strerror or e.__class__.__name__})")
+        else:
+            password = os.environ.get("WXARCHIVE_SMTP_PASSWORD")
+        if not password:
+            fail("--user given but no password: use --password-file or WXARCHIVE_SMTP_PASSWORD")
+    if ca_file is not None and not ca_file.is_file():
+        fail(f"--ca-file {ca_file}: no such file")
+    target = SmtpTarget(host.strip("[]"), int(port), list(to), sender, tls=not no_tls,
+                        ca_file=str(ca_file) if ca_file else None, user=user, password=password)
+    archive, settings = _open_archive(readonly=True)
+    tz = settings.timezone
+    q = _query(None, None, None, conversation, since, None, False, tz)
+    query = {k: v for k, v in {"conversation": conversation, "since": since}.items() if v is not None}
+    try:
+        from wxarchive.search.query import count
+
+        # recorded before anything leaves the archive; if it cannot be, nothing is sent
+        archive.access_log().record("journal", query={**query, "smtp": smtp, "to": list(to), "per": per},
+                                    results=count(archive.catalog.engine, q))
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+        with Progress("journaling", BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("journal", total=None)
+            try:
+                res = journal_smtp(archive, q, target, tz=tz, per=per, attempts=attempts,
+                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+            except JournalingError as e:
+                fail(str(e), 1)
+    finally:
+        archive.close()
+    out.print(f"delivered {res.delivered_messages} message(s) in {res.emls} e-mail(s) to {', '.join(to)} via {smtp}; "
+              f"{res.already_delivered} already delivered before; {res.retries} retr{'y' if res.retries == 1 else 'ies'}",
+              highlight=False)
 
 
 @app.command("validate-rsmf")

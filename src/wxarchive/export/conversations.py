@@ -91,11 +91,15 @@ def message_size(m: dict[str, Any]) -> int:
 
 def slices(engine, q: Query, directory: Directory, tz: str, *, max_events: int = 10_000,
            max_bytes: int | None = None, per_day: bool = False,
-           on_message: Callable[[], None] = lambda: None) -> Iterator[Slice]:
-    """The selected messages as slices, conversation by conversation, each in time order."""
+           on_message: Callable[[], None] = lambda: None,
+           skip: Callable[[dict[str, Any]], bool] | None = None) -> Iterator[Slice]:
+    """The selected messages as slices, conversation by conversation, each in time order
+    (``skip``: leave out the messages it is true for, e.g. those already delivered)."""
     cur: Slice | None = None
     for m in iter_results(engine, q, tz, by_conversation=True):
         on_message()
+        if skip is not None and skip(m):
+            continue
         day = (m["sent_at"] or "")[:10] if per_day else None
         size = message_size(m)
         if cur is not None and (cur.conversation.source, cur.conversation.id) == (m["source"], m["conversation"]):
