@@ -108,7 +108,7 @@ def test_a_selection_exports_only_its_messages(source, tmp_path):
 
 def test_bad_exports_and_folders_are_clear_errors(exported, source, tmp_path):
     assert "not empty" in _cli(source, "export", "--format", "jsonl", "--out", str(exported)).stderr
-    assert "only 'jsonl'" in _cli(source, "export", "--format", "pdf", "--out", str(tmp_path / "o")).stderr
+    assert "use one of jsonl, rsmf, eml, html, csv" in _cli(source, "export", "--format", "pdf", "--out", str(tmp_path / "o")).stderr
     assert "not a wxarchive export" in _cli(tmp_path / "h1", "import", str(tmp_path)).stderr
     altered = tmp_path / "altered"
     shutil.copytree(exported, altered)

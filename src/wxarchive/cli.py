@@ -28,6 +28,8 @@ keys_app = typer.Typer(no_args_is_help=True, help="The archive's master key and 
 app.add_typer(keys_app, name="keys")
 hold_app = typer.Typer(no_args_is_help=True, help="Legal holds: records they match are never purged.")
 app.add_typer(hold_app, name="hold")
+directory_app = typer.Typer(no_args_is_help=True, help="Who the archive's ids are: names, mobiles, e-mails, with history.")
+app.add_typer(directory_app, name="directory")
 
 out = Console(soft_wrap=True)  # long lines stay whole: they are read by people and by grep
 err = Console(stderr=True, soft_wrap=True)
@@ -214,7 +216,7 @@ def ingest_wecom(
     retries: int = typer.Option(6, "--retries", min=1, max=50, help="Attempts per SDK call on transient errors (10001-10003)."),
 ) -> None:
     """Pull WeCom conversation archives through the official SDK into the archive."""
-    from wxarchive.ingest import WeComCapture, WeComOptions
+    from wxarchive.ingest import WeComOptions
 
     settings = cfg.load_settings(state.home) if state.home.exists() else cfg.Settings()
     w = settings.wecom
@@ -338,74 +340,163 @@ def _print_status(st: dict) -> None:
     )
 
 
-def _query(text, sender, kind, conversation, since, until, has_attachment, tz, limit=None):
+def _query(text, sender, kind, conversation, since, until, has_attachment, tz, limit=None, **more):
     from wxarchive.search.query import Query, parse_when
 
     return Query(
         text=text or None, sender=sender, kind=kind, conversation=conversation,
         since=parse_when(since, tz) if since else None,
         until=parse_when(until, tz, end=True) if until else None,
-        has_attachment=has_attachment, limit=limit,
+        has_attachment=has_attachment, limit=limit, **more,
     )
+
+
+def _size(value: str | None, flag: str) -> int | None:
+    """'15000', '15k', '2.5MB' → bytes."""
+    if value is None:
+        return None
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*", value.lower())
+    if not m:
+        fail(f"{flag} {value!r}: give a size in bytes, or with k/M/G (e.g. 15k, 2.5MB)")
+    return int(float(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2)])
+
+
+# Filters shared by search and export (one definition: the same words mean the same filter)
+F_SENDER = typer.Option(None, "--sender", help="Sender: id or display name.")
+F_PARTICIPANT = typer.Option(None, "--participant", help="Sender or recipient: id or display name.")
+F_DEPARTMENT = typer.Option(None, "--department", help="The sender's department (at any time in the directory).")
+F_KIND = typer.Option(None, "--type", help="Message kind (text, image, file, ...) or WeCom msgtype.")
+F_CONVERSATION = typer.Option(None, "--conversation", help="Conversation id or group name.")
+F_SINCE = typer.Option(None, "--since", help="From this date/time (inclusive; zone-less = the configured zone).")
+F_UNTIL = typer.Option(None, "--until", help="Up to this date (inclusive) or time (exclusive).")
+F_EXTERNAL = typer.Option(None, "--external/--internal", help="Only chats with an external contact / only internal.")
+F_HAS_ATTACHMENT = typer.Option(False, "--has-attachment", help="Only messages with media or files.")
+F_ATT_NAME = typer.Option(None, "--attachment-name", help="A file name containing this (case-insensitive).")
+F_EXT = typer.Option(None, "--ext", help="Attachments with this extension (pdf, .xlsx, ...).")
+F_MIN_SIZE = typer.Option(None, "--min-size", help="An attachment of at least this size (15k, 2MB).")
+F_MAX_SIZE = typer.Option(None, "--max-size", help="An attachment of at most this size.")
+F_RECALLED = typer.Option(None, "--recalled/--not-recalled", help="Only recalled originals / only never recalled.")
+F_SOURCE = typer.Option(None, "--source", help="Only this source (e.g. wecom:ww...).")
+F_FOLD = typer.Option(False, "--fold", help="Ignore case, width (Ｆｕｌｌ=Full) and Traditional/Simplified (開=开).")
+F_LITERAL = typer.Option(False, "--literal", help="The text is one substring, AND/OR/NOT/quotes included.")
+
+
+def _filters(text, sender, participant, department, kind, conversation, since, until, external, has_attachment,
+             attachment_name, ext, min_size, max_size, recalled, source, fold, literal, tz, limit=None, offset=0):
+    """The Query and the words of the request (for the access log and manifests)."""
+    q = _query(text, sender, kind, conversation, since, until, has_attachment, tz, limit, participant=participant,
+               department=department, external=external, attachment_name=attachment_name, attachment_ext=ext,
+               min_size=_size(min_size, "--min-size"), max_size=_size(max_size, "--max-size"),
+               recalled=recalled, source=source, fold=fold, literal=literal, offset=offset)
+    words = {"text": text, "sender": sender, "participant": participant, "department": department, "type": kind,
+             "conversation": conversation,
+             "since": since, "until": until, "external": external, "has_attachment": has_attachment or None,
+             "attachment_name": attachment_name, "ext": ext, "min_size": min_size, "max_size": max_size,
+             "recalled": recalled, "source": source, "fold": fold or None, "literal": literal or None}
+    return q, {k: v for k, v in words.items() if v is not None}
 
 
 @app.command("search")
 def search_cmd(
-    text: Optional[str] = typer.Argument(None, help="Substring to find (Chinese, English, numbers, emoji)."),
-    sender: Optional[str] = typer.Option(None, "--sender", help="Sender id or name."),
-    kind: Optional[str] = typer.Option(None, "--type", help="Message kind (text, image, file, ...) or WeCom msgtype."),
-    conversation: Optional[str] = typer.Option(None, "--conversation", help="Conversation id or group name."),
-    since: Optional[str] = typer.Option(None, "--since", help="From this date/time (inclusive)."),
-    until: Optional[str] = typer.Option(None, "--until", help="Up to this date (inclusive) or time (exclusive)."),
-    has_attachment: bool = typer.Option(False, "--has-attachment", help="Only messages with media or files."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many results."),
+    text: Optional[str] = typer.Argument(None, help="Text to find: words typed together are one substring; "
+                                                    "AND, OR, NOT, (...) and \"quotes\" combine them."),
+    sender: Optional[str] = F_SENDER,
+    participant: Optional[str] = F_PARTICIPANT,
+    department: Optional[str] = F_DEPARTMENT,
+    kind: Optional[str] = F_KIND,
+    conversation: Optional[str] = F_CONVERSATION,
+    since: Optional[str] = F_SINCE,
+    until: Optional[str] = F_UNTIL,
+    external: Optional[bool] = F_EXTERNAL,
+    has_attachment: bool = F_HAS_ATTACHMENT,
+    attachment_name: Optional[str] = F_ATT_NAME,
+    ext: Optional[str] = F_EXT,
+    min_size: Optional[str] = F_MIN_SIZE,
+    max_size: Optional[str] = F_MAX_SIZE,
+    recalled: Optional[bool] = F_RECALLED,
+    source: Optional[str] = F_SOURCE,
+    fold: bool = F_FOLD,
+    literal: bool = F_LITERAL,
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many results (a page)."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many results first (the next page)."),
+    around: Optional[str] = typer.Option(None, "--around", help="Show this message (msgid) in its conversation, "
+                                                                "with --context messages before and after."),
+    context: int = typer.Option(5, "--context", min=0, max=500, help="Messages each side for --around."),
     count_only: bool = typer.Option(False, "--count", help="Print only the number of matches."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
-    """Find messages: substring text search plus filters."""
-    from wxarchive.search.query import count, search
+    """Find messages: substring text search that never misses, plus filters."""
+    from wxarchive.search.query import around as around_fn, count, highlights, search
 
     archive, settings = _open_archive(readonly=True)
     tz = settings.timezone
-    q = _query(text, sender, kind, conversation, since, until, has_attachment, tz, limit)
-    if kind:
-        from wxarchive.search.query import check_kind
+    try:
+        if around is not None:
+            rows = around_fn(archive.catalog.engine, around, context, tz, source)
+            archive.access_log().record("search", query={"around": around, "context": context}, results=len(rows))
+            for r in rows:
+                if as_json:
+                    print(json.dumps({**r, "hit": r["msgid"] == around}, ensure_ascii=False))
+                else:
+                    _print_message(r, mark=r["msgid"] == around)
+            return
+        q, words = _filters(text, sender, participant, department, kind, conversation, since, until, external, has_attachment,
+                            attachment_name, ext, min_size, max_size, recalled, source, fold, literal, tz, limit,
+                            offset)
+        if kind:
+            from wxarchive.search.query import check_kind
 
-        check_kind(archive.catalog.engine, kind)
-    # the read is recorded before anything is shown; if it cannot be, nothing is shown
-    found = count(archive.catalog.engine, q)
-    query = {"text": text, "sender": sender, "type": kind, "conversation": conversation, "since": since,
-             "until": until, "has_attachment": has_attachment or None, "limit": limit, "count_only": count_only or None}
-    archive.access_log().record("search", query={k: v for k, v in query.items() if v is not None},
-                                results=min(found, limit) if limit else found)
-    if count_only:
-        print(found)
+            check_kind(archive.catalog.engine, kind)
+        # the read is recorded before anything is shown; if it cannot be, nothing is shown
+        found = count(archive.catalog.engine, q)
+        shown = max(0, min(found - offset, limit) if limit else found - offset)
+        extra = {"limit": limit, "offset": offset or None, "count_only": count_only or None}
+        archive.access_log().record("search", query={**words, **{k: v for k, v in extra.items() if v is not None}},
+                                    results=shown)
+        if count_only:
+            print(found)
+            return
+        n = 0
+        for r in search(archive.catalog.engine, q, tz):
+            n += 1
+            spans = highlights(q, r["text"])
+            if as_json:
+                print(json.dumps({**r, "highlights": spans}, ensure_ascii=False))
+            else:
+                _print_message(r, spans)
+    finally:
         archive.close()
-        return
-    n = 0
-    for r in search(archive.catalog.engine, q, tz):
-        n += 1
-        if as_json:
-            print(json.dumps(r, ensure_ascii=False))
-        else:
-            _print_message(r)
-    archive.close()
     if not as_json:
-        err.print(f"{n} of {found} message(s)" if n < found else f"{n} message(s)")
+        first = offset + 1 if n else offset
+        err.print(f"{first}–{offset + n} of {found} message(s)" if (offset or n < found) else f"{n} message(s)")
+        if offset + n < found:
+            err.print(f"next page: --offset {offset + n}" + (f" --limit {limit}" if limit else ""))
 
 
-def _print_message(r: dict) -> None:
+def _print_message(r: dict, spans: list[tuple[int, int]] = (), mark: bool = False) -> None:
+    from rich.text import Text
+
     atts = "".join(
         f"\n    [{a['kind']}] {a['file_name'] or ''} {a['size'] if a['size'] is not None else '?'} B {a['state']}"
         + (f": {a['reason']}" if a["reason"] else "")
         for a in r["attachments"]
     )
     recalled = " (recalled)" if r["recalled_by"] else ""
-    out.print(
-        safe(f"{r['sent_at'] or 'time unknown'}  {r['conversation']}  {r['sender'] or '-'}  [{r['kind']}]{recalled}\n"
-             f"    {r['text'][:500]}{atts}"),
-        highlight=False, markup=False,
-    )
+    head = f"{'>> ' if mark else ''}{r['sent_at'] or 'time unknown'}  {r['conversation']}  {r['sender'] or '-'}  " \
+           f"[{r['kind']}]{recalled}  {r['msgid']}\n    "
+    body = Text(safe(head), style="bold" if mark else "")
+    shown = r["text"][:500]
+    pos = 0
+    for a, b in spans:
+        if a >= len(shown):
+            break
+        body.append(safe(shown[pos:a]))
+        body.append(safe(shown[a:min(b, len(shown))]), style="reverse")
+        pos = min(b, len(shown))
+    body.append(safe(shown[pos:] + ("…" if len(r["text"]) > 500 else "") + atts))
+    out.print(body, highlight=False)
 
 
 @app.command("show")
@@ -426,6 +517,166 @@ def show_cmd(conversation: str = typer.Argument(..., help="Conversation id (room
         fail(f"no conversation {conversation!r} in the archive (see 'wxarchive search --json' for ids)", 1)
     for r in rows:
         _print_message(r)
+
+
+# ---- directory ----------------------------------------------------------------------------
+
+
+def _single_source(archive, source: str | None) -> str:
+    from sqlalchemy import select
+
+    from wxarchive.archive.catalog import schema as s
+
+    if source:
+        return source
+    with archive.catalog.engine.connect() as c:
+        found = sorted({r[0] for r in c.execute(select(s.participants.c.source).distinct())})
+    if len(found) != 1:
+        fail("give --source (the archive holds " + (", ".join(found) if found else "no source yet") + ")")
+    return found[0]
+
+
+@directory_app.command("sync")
+def directory_sync(
+    corp_id: Optional[str] = typer.Option(None, "--corp-id", help="The corp id (ww…) [default: config]."),
+    secret_file: Optional[Path] = typer.Option(None, "--secret-file", help="Secret of an app with directory and "
+                                                                           "customer-contact access (or env "
+                                                                           "WXARCHIVE_WECOM_DIRECTORY_SECRET)."),
+    proxy: Optional[str] = typer.Option(None, "--proxy", help="Proxy URL, e.g. http://10.0.0.1:3128."),
+    ca_file: Optional[Path] = typer.Option(None, "--ca-file", help="Also trust this certificate (PEM)."),
+) -> None:
+    """Ask the WeCom APIs who every participant and group is (each answer journaled first)."""
+    from wxarchive.capture.wecom.directory import DirectoryError, DirectoryOptions
+    from wxarchive.ingest import sync_directory
+
+    settings = cfg.load_settings(state.home) if state.home.exists() else cfg.Settings()
+    w = settings.wecom
+    corp = corp_id or w.get("corp_id")
+    if not corp:
+        fail("no corp id: pass --corp-id or set [wecom] corp_id in config.toml")
+    secret = os.environ.get("WXARCHIVE_WECOM_DIRECTORY_SECRET", "")
+    sf = secret_file or w.get("directory_secret_file")
+    if sf:
+        secret = cfg.read_secret_file(sf, "directory secret")
+    if not secret:
+        fail("no directory secret: pass --secret-file FILE or set WXARCHIVE_WECOM_DIRECTORY_SECRET")
+    ca = None
+    if ca_file is not None:
+        try:
+            ca = ca_file.read_bytes()
+        except OSError as e:
+            fail(f"--ca-file {ca_file}: cannot read ({e.strerror or e.__class__.__name__})")
+    opts = DirectoryOptions(corp_id=corp, secret=secret, proxy=proxy or w.get("proxy", ""), ca_pem=ca)
+    archive, _ = _open_archive()
+    _setup_logging(state.home)
+    try:
+        res = sync_directory(archive, opts, f"wecom:{corp}")
+    except DirectoryError as e:
+        fail(str(e), 1)
+    finally:
+        archive.close()
+    out.print(f"directory: {res.answered} of {res.asked} answers journaled ({res.not_found} not found)"
+              + (f"; {len(res.errors)} failed: {res.errors[0]}" if res.errors else ""), highlight=False)
+    if res.errors:
+        raise typer.Exit(1)
+
+
+@directory_app.command("import")
+def directory_import(
+    file: Path = typer.Argument(..., help="CSV from HR: id,name,mobile,email,department,organisation,position,"
+                                          "kind,valid_from,valid_to (a header row; only id is required)."),
+    source: Optional[str] = typer.Option(None, "--source", help="The source the ids belong to (e.g. wecom:ww…)."),
+) -> None:
+    """Import what the APIs do not give (mobile, e-mail, past names) from an HR export."""
+    from wxarchive.capture.hr import HrImportError
+    from wxarchive.ingest import import_hr
+
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        fail(f"{file}: cannot read ({e.strerror or e.__class__.__name__})")
+    archive, settings = _open_archive()
+    try:
+        rows = import_hr(archive, data, _single_source(archive, source), file.name, settings.timezone)
+    except HrImportError as e:
+        fail(str(e))
+    finally:
+        archive.close()
+    for p in rows.problems[:20]:
+        err.print(safe(f"{file}: {p} (row left out)"), highlight=False, markup=False)
+    out.print(f"imported {rows.rows} row(s) for {len(rows.people)} person(s) from {file}"
+              + (f"; {len(rows.problems)} row(s) left out" if rows.problems else ""), highlight=False)
+    if rows.problems:
+        raise typer.Exit(1)
+
+
+@directory_app.command("list")
+def directory_list(
+    history: bool = typer.Option(False, "--history", help="Every stretch of time, not only what is current."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """Everyone the archive knows: id, kind, name, mobile, e-mail, department, since when."""
+    from sqlalchemy import select
+
+    from wxarchive.archive.catalog import schema as s
+    from wxarchive.model import iso_time
+
+    archive, settings = _open_archive(readonly=True)
+    try:
+        h = s.people
+        with archive.catalog.engine.connect() as c:
+            q = select(h).order_by(h.c.source, h.c.person, h.c.origin, h.c.valid_from)
+            if not history:
+                q = q.where(h.c.valid_to.is_(None))
+            rows = c.execute(q).mappings().all()
+            known = {(r.source, r.id) for r in c.execute(select(s.participants.c.source, s.participants.c.id))}
+        archive.access_log().record("directory", query={"history": history or None} if history else {},
+                                    results=len(rows))
+    finally:
+        archive.close()
+    for r in rows:
+        d = {k: r[k] for k in ("source", "person", "origin", "kind", "name", "alias", "mobile", "email", "department",
+                               "organisation", "position")}
+        d["valid_from"], d["valid_to"] = iso_time(r["valid_from"], settings.timezone), iso_time(r["valid_to"],
+                                                                                             settings.timezone)
+        if as_json:
+            print(json.dumps(d, ensure_ascii=False))
+        else:
+            span = f"{d['valid_from'] or '…'} – {d['valid_to'] or 'now'}"
+            out.print(safe(f"{d['person']}  {d['name'] or '-'}  [{d['kind'] or '?'}, {d['origin']}]  "
+                           f"{d['mobile'] or ''} {d['email'] or ''} {d['department'] or ''}  {span}"),
+                      highlight=False, markup=False)
+    if not as_json:
+        err.print(f"{len(rows)} directory row(s); {len(known)} participant(s) in the archive")
+
+
+@app.command("conversations")
+def conversations_cmd(as_json: bool = typer.Option(False, "--json", help="One JSON object per line.")) -> None:
+    """Every conversation: id, name, kind, messages, first and last message time."""
+    from sqlalchemy import select
+
+    from wxarchive.archive.catalog import schema as s
+    from wxarchive.model import iso_time
+
+    archive, settings = _open_archive(readonly=True)
+    try:
+        cv = s.conversations
+        with archive.catalog.engine.connect() as c:
+            rows = c.execute(select(cv).order_by(cv.c.last_at.desc())).mappings().all()
+        archive.access_log().record("conversations", results=len(rows))
+    finally:
+        archive.close()
+    for r in rows:
+        d = {"source": r["source"], "id": r["id"], "kind": r["kind"], "title": r["title"],
+             "messages": r["message_count"], "first": iso_time(r["first_at"], settings.timezone),
+             "last": iso_time(r["last_at"], settings.timezone)}
+        if as_json:
+            print(json.dumps(d, ensure_ascii=False))
+        else:
+            out.print(safe(f"{d['id']}  {d['title'] or '(no name)'}  [{d['kind']}]  {d['messages']} message(s)  "
+                           f"{d['first'] or '?'} – {d['last'] or '?'}"), highlight=False, markup=False)
+    if not as_json:
+        err.print(f"{len(rows)} conversation(s); 'wxarchive show ID' prints one")
 
 
 @app.command("reindex")
@@ -783,12 +1034,24 @@ EXPORT_FORMATS = {
 def export_cmd(
     fmt: str = typer.Option(..., "--format", help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items())),
     out_dir: Path = typer.Option(..., "--out", help="A new or empty folder."),
-    text: Optional[str] = typer.Option(None, "--text", help="Only messages containing this text."),
-    sender: Optional[str] = typer.Option(None, "--sender", help="Sender id or name."),
-    kind: Optional[str] = typer.Option(None, "--type", help="Message kind or WeCom msgtype."),
-    conversation: Optional[str] = typer.Option(None, "--conversation", help="Conversation id or group name."),
-    since: Optional[str] = typer.Option(None, "--since", help="From this date/time (inclusive)."),
-    until: Optional[str] = typer.Option(None, "--until", help="Up to this date (inclusive) or time (exclusive)."),
+    text: Optional[str] = typer.Option(None, "--text", help="Only messages with this text (as 'search' reads it)."),
+    sender: Optional[str] = F_SENDER,
+    participant: Optional[str] = F_PARTICIPANT,
+    department: Optional[str] = F_DEPARTMENT,
+    kind: Optional[str] = F_KIND,
+    conversation: Optional[str] = F_CONVERSATION,
+    since: Optional[str] = F_SINCE,
+    until: Optional[str] = F_UNTIL,
+    external: Optional[bool] = F_EXTERNAL,
+    has_attachment: bool = F_HAS_ATTACHMENT,
+    attachment_name: Optional[str] = F_ATT_NAME,
+    ext: Optional[str] = F_EXT,
+    min_size: Optional[str] = F_MIN_SIZE,
+    max_size: Optional[str] = F_MAX_SIZE,
+    recalled: Optional[bool] = F_RECALLED,
+    source: Optional[str] = F_SOURCE,
+    fold: bool = F_FOLD,
+    literal: bool = F_LITERAL,
     per: str = typer.Option("day", "--per", help="eml only: one e-mail per conversation-'day' or per 'message'."),
 ) -> None:
     """Export a selection, with a signed hash manifest (manifest.json) for chain of custody."""
@@ -807,9 +1070,8 @@ def export_cmd(
             from wxarchive.search.query import check_kind
 
             check_kind(archive.catalog.engine, kind)
-        q = _query(text, sender, kind, conversation, since, until, False, tz)
-        query = {k: v for k, v in {"text": text, "sender": sender, "type": kind, "conversation": conversation,
-                                   "since": since, "until": until}.items() if v is not None}
+        q, query = _filters(text, sender, participant, department, kind, conversation, since, until, external, has_attachment,
+                            attachment_name, ext, min_size, max_size, recalled, source, fold, literal, tz)
         with Progress(f"exporting {fmt}", BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
             task = bar.add_task("export", total=None)
 

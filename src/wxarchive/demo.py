@@ -10,7 +10,6 @@ A face-level module (like cli.py): it may use the simulator, product code never 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -156,7 +155,7 @@ def run_demo(home: Path, tenant: Path, messages: int, seed: int, out: Console, e
     from wxarchive.archive.archive import Archive
     from wxarchive.archive.status import status
     from wxarchive.config import load_settings
-    from wxarchive.ingest import WeComCapture, WeComOptions
+    from wxarchive.ingest import WeComOptions
     from wxarchive.search.query import Query, count, search
     from wxarchive.simulate.tenant import generate_tenant
 

@@ -160,10 +160,76 @@ def apply(archive: Archive, entries: list[Entry], parsed: dict[int, tuple[Messag
                 b.run_start(e.serial, m["source"], e.time, m.get("cursor"))
             elif e.kind == "run.end":
                 b.run_end(m["run"], e.time, m["status"], m.get("error"), m.get("counts", {}), m.get("cursor"))
+            elif e.kind == "wecom.directory":
+                _apply_directory(b, e)
+            elif e.kind == "directory.import":
+                _apply_hr(b, e)
             elif e.kind.startswith("admin."):
                 b.admin_event(e.kind, m, e.serial, e.time)
             if "retained_from" in m:
                 b.retained_copy(e.kind, m, e.serial)
+
+
+def _apply_directory(b, e: Entry) -> None:
+    from wxarchive.capture.wecom import directory
+
+    src = e.meta["source"]
+    for obs in directory.parse(e.meta, e.data, b.departments(src)):
+        if obs[0] == "departments":
+            b.set_departments(src, obs[1])
+        elif obs[0] == "person":
+            b.person(src, obs[1], "api", obs[2], e.meta.get("fetched_at", e.time), e.serial)
+        elif obs[0] == "group":
+            b.group_title(src, obs[1], obs[2])
+        elif obs[0] == "consent":
+            b.consent(src, obs[1], obs[2], obs[3], obs[4], e.meta.get("fetched_at", e.time), e.serial)
+
+
+def _apply_hr(b, e: Entry) -> None:
+    from wxarchive.capture import hr
+
+    rows = hr.parse(e.data, hr.when_in(e.meta.get("timezone") or "UTC"), e.meta.get("file") or "HR import")
+    for pid, history in rows.people.items():
+        b.hr_history(e.meta["source"], pid, history, e.serial)
+
+
+def sync_directory(archive: Archive, opts, source: str):
+    """Ask the WeCom directory APIs about everyone and every group of ``source``; each answer
+    is journaled, then applied (see capture/wecom/directory.py)."""
+    from sqlalchemy import select
+
+    from wxarchive.archive.catalog import schema as s
+    from wxarchive.capture.wecom import directory
+
+    with archive.catalog.engine.connect() as c:
+        people = {r[0] for r in c.execute(select(s.participants.c.id).where(s.participants.c.source == source))}
+        convs = [tuple(r) for r in c.execute(select(s.conversations.c.id, s.conversations.c.kind)
+                                             .where(s.conversations.c.source == source))]
+    groups = {cid for cid, kind in convs if kind == "group"}
+
+    def record(meta: dict, raw: bytes) -> None:
+        serial = archive.journal.append("wecom.directory", meta, raw)
+        archive.journal.sync()
+        apply(archive, [Entry(serial, meta["fetched_at"], "wecom.directory", meta, raw)])
+
+    calls = directory.plan(people, groups, directory.conversation_pairs(convs))
+    return directory.sync(directory.Client(opts), calls, source, record)
+
+
+def import_hr(archive: Archive, data: bytes, source: str, file_name: str, timezone: str):
+    """Journal an HR export as it is, then apply it; returns the parsed rows (with problems).
+    Raises HrImportError, before journaling anything, if the file is unusable."""
+    from wxarchive.capture import hr
+
+    rows = hr.parse(data, hr.when_in(timezone), file_name)  # refuse an unusable file before journaling it
+    if not rows.people:
+        raise hr.HrImportError(f"{file_name}: no usable rows" + (f" ({rows.problems[0]})" if rows.problems else ""))
+    meta = {"source": source, "file": file_name, "timezone": timezone, "rows": rows.rows,
+            "received_at": int(time.time() * 1000)}
+    serial = archive.journal.append("directory.import", meta, data)
+    archive.journal.sync()
+    apply(archive, [Entry(serial, meta["received_at"], "directory.import", meta, data)])
+    return rows
 
 
 def catch_up(archive: Archive, batch: int = 2000) -> int:

@@ -135,6 +135,18 @@ def participant_kind(user_id: str | None) -> str:
     return "employee"
 
 
+def mobile_digits(value: Any) -> str | None:
+    """A phone number as the digits of its national number: '+86 138-1234-5678', '0086
+    13812345678' and '13812345678' are all '13812345678'."""
+    if not value:
+        return None
+    digits = "".join(c for c in str(value) if c.isdigit())
+    for cc in ("0086", "86"):
+        if digits.startswith(cc) and len(digits) - len(cc) == 11:
+            digits = digits[len(cc):]
+    return digits or None
+
+
 def to_jsonable(obj: Any) -> Any:
     """Dataclasses and enums to plain JSON values (recursively)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -200,6 +200,7 @@ class Archive:
         try:
             if not self.readonly:
                 self.checkpoint()
+                self.catalog.analyze_if_grown()
             self.journal.close()
             self.catalog.close()
         finally:

@@ -58,21 +58,33 @@ class Slice:
 
 
 class Directory:
-    """Names of people and conversations, read once from the catalog."""
+    """Names of people and conversations, read once from the catalog: the directory's history
+    (the name a person had at a given time) and the participants' current names."""
 
     def __init__(self, engine):
         self.people: dict[tuple[str, str], Person] = {}
         self.conversations: dict[tuple[str, str], Conversation] = {}
+        self.history: dict[tuple[str, str], list[tuple[int, int | None, int | None, str]]] = {}
         with engine.connect() as c:
             for r in c.execute(select(s.participants)):
                 self.people[(r.source, r.id)] = Person(r.id, r.display_name or r.id, r.kind)
             for r in c.execute(select(s.conversations)):
                 self.conversations[(r.source, r.id)] = Conversation(r.source, r.id, r.kind, r.title)
+            for r in c.execute(select(s.people).where(s.people.c.name.is_not(None))):
+                rank = 0 if r.origin == "api" else 1  # the APIs' name first, then HR's
+                self.history.setdefault((r.source, r.person), []).append((rank, r.valid_from, r.valid_to, r.name))
 
-    def person(self, source: str, pid: str | None) -> Person:
+    def person(self, source: str, pid: str | None, at: int | None = None) -> Person:
+        """Who ``pid`` is; with ``at`` (epoch ms), under the name they had then."""
         if not pid:
             return SYSTEM
-        return self.people.get((source, pid)) or Person(pid, pid, "unknown")
+        base = self.people.get((source, pid)) or Person(pid, pid, "unknown")
+        if at is not None:
+            valid = [(rank, -(start or 0), name) for rank, start, end, name in self.history.get((source, pid), [])
+                     if (start is None or start <= at) and (end is None or at < end)]
+            if valid:
+                return Person(base.id, min(valid)[2], base.kind)
+        return base
 
     def conversation(self, source: str, cid: str, kind: str) -> Conversation:
         return self.conversations.get((source, cid)) or Conversation(source, cid, kind, None)

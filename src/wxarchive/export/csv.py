@@ -65,7 +65,7 @@ def export_csv(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz: 
         w.writerow(COLUMNS)
         for m in iter_results(engine, q, tz):
             conv = directory.conversation(m["source"], m["conversation"], m["conversation_kind"])
-            who = directory.person(m["source"], m["sender"])
+            who = directory.person(m["source"], m["sender"], m["sent_at_ms"])
             recalled = (m["source"], m["msgid"]) in recall_times
             row = {
                 "sent_at": m["sent_at"] or "time unknown", "conversation": m["conversation"],

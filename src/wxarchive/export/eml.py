@@ -82,7 +82,7 @@ def build_eml(sl: Slice, directory: Directory, archive_id: str, read_blob: Calla
     lines, rows = [], []
     recalled = {m["recalls"]: m for m in sl.messages if m["recalls"]}
     for m in sl.messages:
-        who = directory.person(conv.source, m["sender"])
+        who = directory.person(conv.source, m["sender"], m["sent_at_ms"])
         note = " [recalled]" if m["msgid"] in recalled else ""
         note += f" [recall of {m['recalls']}]" if m["recalls"] else ""
         note += f" [{m['kind']}]" if m["kind"] not in ("text", "recall") else ""

@@ -104,7 +104,7 @@ def _extra(m: dict[str, Any]) -> str:
 
 def render_message(m: dict[str, Any], directory: Directory, custodian: str | None,
                    copy: Callable[[dict[str, Any]], str], recall: dict[str, Any] | None) -> str:
-    who = directory.person(m["source"], m["sender"])
+    who = directory.person(m["source"], m["sender"], m.get("sent_at_ms"))
     cls = "msg" + (" out" if m["sender"] == custodian else "") + (" recalled" if recall else "")
     tags = ""
     if recall:

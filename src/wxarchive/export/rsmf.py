@@ -96,7 +96,7 @@ def build_manifest(sl: Slice, directory: Directory) -> tuple[dict[str, Any], dic
     for m in sl.messages:
         if m["recalls"] and m["recalls"] in by_id:
             continue  # folded into the original (deleted: true)
-        sender = directory.person(source, m["sender"])
+        sender = directory.person(source, m["sender"], m["sent_at_ms"])
         ev: dict[str, Any] = {"id": m["msgid"], "type": "message", "participant": sender.id,
                               "conversation": conv.id, "body": m["text"]}
         if m["kind"] == "consent":

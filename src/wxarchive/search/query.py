@@ -1,11 +1,10 @@
 """One query model for the CLI, exports and (later) the web UI: filters + text → rows.
 
 Text search has substring semantics and must never miss: a segmenter never decides what
-is findable. Routing (measured in docs/search-and-storage.md):
-- 3+ characters: FTS5 trigram candidates (``id IN (SELECT rowid ...)``), re-checked with
-  ``instr`` so the result is exactly the substring matches;
-- 1–2 characters: an ``instr`` scan, narrowed first by every other filter.
-Both are compared against a brute-force scan in the tests.
+is findable. The text's language (phrases, AND/OR/NOT) and which index answers each
+substring are in search/text.py; every route is compared with a brute-force scan in
+tests/test_search_recall.py. Filters narrow first (the planner uses the time, sender and
+conversation indexes), the text index is consulted as ``id IN (SELECT rowid ...)``.
 """
 
 from __future__ import annotations
@@ -17,9 +16,10 @@ from datetime import date, datetime, time as dtime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, func, literal_column, or_, select, text
+from sqlalchemy import and_, bindparam, exists, func, literal_column, not_, or_, select, text
 
 from wxarchive.archive.catalog import schema as s
+from wxarchive.search import text as textq
 from wxarchive.model import iso_time
 
 
@@ -29,13 +29,23 @@ class QueryError(ValueError):
 
 @dataclass
 class Query:
-    text: str | None = None
-    sender: str | None = None
+    text: str | None = None  # the text language of search/text.py
+    literal: bool = False  # the whole text is one substring
+    fold: bool = False  # case-, width- and Traditional/Simplified-insensitive
+    sender: str | None = None  # id or display name
+    participant: str | None = None  # sender or recipient: id or display name
+    department: str | None = None  # the sender's department, at any time in the directory
     kind: str | None = None
     conversation: str | None = None
+    external: bool | None = None  # True: with an external contact taking part; False: internal only
     since: int | None = None  # epoch ms, inclusive
     until: int | None = None  # epoch ms, exclusive
     has_attachment: bool = False
+    attachment_name: str | None = None  # substring of a file name, case-insensitive
+    attachment_ext: str | None = None  # "pdf", ".pdf", "PDF": the file name's extension
+    min_size: int | None = None  # bytes, of at least one attachment
+    max_size: int | None = None
+    recalled: bool | None = None  # True: recalled originals only; False: never recalled
     source: str | None = None
     limit: int | None = None
     offset: int = 0
@@ -74,54 +84,189 @@ def check_kind(engine, kind: str) -> None:
     raise QueryError(f"unknown message type {kind!r}: use a kind ({kinds}) or a WeCom msgtype found in the archive")
 
 
-def _where(q: Query) -> list[Any]:
+def _people(value: str):
+    """Participant ids a sender/participant filter means: the id itself, or anyone who was ever
+    called that (display name, a directory name or alias, current or past), or has that e-mail
+    address (any case) or mobile number (any formatting: +86, spaces, dashes)."""
+    from wxarchive.model import mobile_digits
+
+    p, h = s.participants, s.people
+    ids = select(p.c.id).where(or_(p.c.id == value, p.c.display_name == value))
+    conds = [h.c.name == value, h.c.alias == value, h.c.email == value.strip().lower()]
+    digits = mobile_digits(value)
+    if digits and len(digits) >= 5 and not any(c.isalpha() for c in value):
+        conds.append(h.c.mobile_digits == digits)
+    return ids.union(select(h.c.person).where(or_(*conds)))
+
+
+NARROW = 5000  # filters leaving fewer rows than this are scanned with instr(), not looked up in an index
+
+
+def _substring(needle: str, fold: bool, scan: bool = False):
+    """Rows whose text contains ``needle``, through the index that cannot miss it (or, with
+    ``scan``, by instr() over whatever the other filters leave: faster when they leave few)."""
     m = s.messages
+    if fold:
+        return func.instr(func.coalesce(m.c.folded, m.c.text), textq.fold(needle)) > 0
+    found = func.instr(m.c.text, needle) > 0
+    r = "scan" if scan else textq.route(needle)
+    if r == "scan":
+        return found
+    table, phrase = ("messages_fts", '"' + needle.replace('"', '""') + '"') if r == "trigram" else \
+        ("messages_uni", textq.unigram_phrase(needle))
+    hits = m.c.id.in_(select(literal_column("rowid")).select_from(text(table))
+                      .where(text(f"{table} MATCH :phrase").bindparams(bindparam("phrase", phrase, unique=True))))
+    # a case-sensitive trigram phrase is an exact substring match; so is a unigram phrase of
+    # characters that are each their own token and never case-folded
+    return hits if r == "trigram" or textq.unigram_exact(needle) else and_(hits, found)
+
+
+def _text(tree, fold: bool, scan: bool = False):
+    if isinstance(tree, textq.Term):
+        return _substring(tree.text, fold, scan)
+    if isinstance(tree, textq.Not):
+        return not_(_text(tree.part, fold, scan))
+    parts = [_text(p, fold, scan) for p in tree.parts]
+    return and_(*parts) if isinstance(tree, textq.And) else or_(*parts)
+
+
+def _text_terms(q: Query, scan: bool) -> list[Any]:
+    if not q.text:
+        return []
+    try:
+        tree = textq.parse(q.text, literal=q.literal)
+    except textq.TextQueryError as e:
+        raise QueryError(f"text {q.text!r}: {e}") from None
+    return [_text(tree, q.fold, scan)]
+
+
+def _plan(conn, q: Query) -> list[Any]:
+    """The WHERE terms, choosing how to answer the text: when the other filters leave fewer
+    than NARROW rows (probed through their indexes), a scan of those beats any text index
+    (SQLite cannot tell how many rows an FTS match returns, and would drive from it)."""
+    filters = _filter_terms(q)
+    narrow = False
+    if q.text and filters:
+        probe = select(literal_column("1")).select_from(s.messages).where(and_(True, *filters)).limit(1) \
+            .offset(NARROW - 1)
+        narrow = conn.execute(probe).first() is None
+    return filters + _text_terms(q, narrow)
+
+
+def _filter_terms(q: Query) -> list[Any]:
+    m = s.messages
+    a = s.attachments
     conds: list[Any] = []
     if q.source:
         conds.append(m.c.source == q.source)
     if q.sender:
-        names = select(s.participants.c.id).where(s.participants.c.display_name.contains(q.sender, autoescape=True))
-        conds.append(or_(m.c.sender == q.sender, m.c.sender.in_(names)))
+        conds.append(m.c.sender.in_(_people(q.sender)))
+    if q.participant:
+        ids = _people(q.participant)
+        conds.append(or_(m.c.sender.in_(ids), exists(
+            select(literal_column("1")).select_from(func.json_each(m.c.recipients).table_valued("value"))
+            .where(literal_column("value").in_(ids)))))
+    if q.department:
+        conds.append(m.c.sender.in_(select(s.people.c.person).where(s.people.c.department == q.department)))
     if q.kind:
         conds.append(or_(m.c.kind == q.kind, m.c.source_type == q.kind))
     if q.conversation:
         titles = select(s.conversations.c.id).where(s.conversations.c.title == q.conversation)
         conds.append(or_(m.c.conversation_id == q.conversation, m.c.conversation_id.in_(titles)))
+    if q.external is not None:
+        conds.append(m.c.external == (1 if q.external else 0))
     if q.since is not None:
         conds.append(m.c.sent_at >= q.since)
     if q.until is not None:
         conds.append(m.c.sent_at < q.until)
-    if q.has_attachment:
-        conds.append(m.c.id.in_(select(s.attachments.c.message_id)))
-    if q.text:
-        conds.append(func.instr(m.c.text, q.text) > 0)
-        if len(q.text) >= 3:
-            phrase = '"' + q.text.replace('"', '""') + '"'
-            conds.append(
-                m.c.id.in_(
-                    select(literal_column("rowid")).select_from(text("messages_fts"))
-                    .where(text("messages_fts MATCH :fts_phrase").bindparams(fts_phrase=phrase))
-                )
-            )
+    att: list[Any] = []
+    if q.attachment_name:
+        att.append(func.instr(func.lower(a.c.file_name), q.attachment_name.lower()) > 0)
+    if q.attachment_ext:
+        ext = q.attachment_ext.lower().lstrip(".")
+        att.append(func.lower(a.c.file_name).like("%." + ext.replace("%", "").replace("_", ""), escape="\\"))
+    size = func.coalesce(a.c.size, a.c.declared_size)
+    if q.min_size is not None:
+        att.append(size >= q.min_size)
+    if q.max_size is not None:
+        att.append(size <= q.max_size)
+    if q.has_attachment or att:
+        conds.append(m.c.id.in_(select(a.c.message_id).where(and_(True, *att))))
+    if q.recalled is not None:
+        conds.append(m.c.recalled_by.is_not(None) if q.recalled else m.c.recalled_by.is_(None))
     return conds
 
 
 def count(engine, q: Query) -> int:
     with engine.connect() as c:
-        return c.execute(select(func.count()).select_from(s.messages).where(and_(True, *_where(q)))).scalar()
+        return c.execute(select(func.count()).select_from(s.messages).where(and_(True, *_plan(c, q)))).scalar()
+
+
+def around(engine, msgid: str, n: int, tz: str = "UTC", source: str | None = None) -> list[dict[str, Any]]:
+    """The message ``msgid`` with up to ``n`` messages before and after it in its conversation,
+    in time order (context for a hit). Raises QueryError if there is no such message."""
+    m = s.messages
+    with engine.connect() as c:
+        cond = [m.c.msgid == msgid] + ([m.c.source == source] if source else [])
+        row = c.execute(select(m).where(*cond)).mappings().first()
+        if row is None:
+            raise QueryError(f"no message {msgid!r} in the archive")
+        order = (m.c.sent_at.is_(None), m.c.sent_at, m.c.seq, m.c.id)
+        conv = [m.c.source == row["source"], m.c.conversation_id == row["conversation_id"]]
+        ids = [r[0] for r in c.execute(select(m.c.id).where(*conv).order_by(*order))]
+        pos = ids.index(row["id"])
+        window = ids[max(0, pos - n) : pos + n + 1]
+        rows = c.execute(select(m).where(m.c.id.in_(window)).order_by(*order)).mappings().all()
+        atts = _attachments(c, [r["id"] for r in rows])
+    return [row_to_result(r, atts.get(r["id"], []), tz) for r in rows]
+
+
+def highlights(q: Query, text_value: str) -> list[tuple[int, int]]:
+    """Where the query's substrings occur in a text (start, end), for showing hits."""
+    if not q.text or not text_value:
+        return []
+    try:
+        needles = textq.terms(textq.parse(q.text, literal=q.literal))
+    except textq.TextQueryError:
+        return []
+    hay = textq.fold(text_value) if q.fold else text_value
+    spans = []
+    for needle in needles:
+        nd = textq.fold(needle) if q.fold else needle
+        if not nd or (q.fold and len(hay) != len(text_value)):
+            continue  # folding changed lengths: positions would not line up
+        start = hay.find(nd)
+        while start != -1:
+            spans.append((start, start + len(nd)))
+            start = hay.find(nd, start + 1)
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def matching_ids(engine, q: Query) -> list[tuple[str, str]]:
+    """(source, msgid) of every match, unordered (for holds, checks and tests)."""
+    m = s.messages
+    with engine.connect() as c:
+        return [tuple(r) for r in c.execute(select(m.c.source, m.c.msgid).where(and_(True, *_plan(c, q))))]
 
 
 def search(engine, q: Query, tz: str = "UTC") -> Iterator[dict[str, Any]]:
     """Matching messages in time order (ties in source order), as plain dicts."""
     m = s.messages
-    stmt = (
-        select(m).where(and_(True, *_where(q)))
-        .order_by(m.c.sent_at.is_(None), m.c.sent_at, m.c.seq, m.c.id)
-        .offset(q.offset)
-    )
-    if q.limit is not None:
-        stmt = stmt.limit(q.limit)
     with engine.connect() as c:
+        stmt = (
+            select(m).where(and_(True, *_plan(c, q)))
+            .order_by(m.c.sent_at.is_(None), m.c.sent_at, m.c.seq, m.c.id)
+            .offset(q.offset)
+        )
+        if q.limit is not None:
+            stmt = stmt.limit(q.limit)
         rows = c.execute(stmt).mappings().all()
         atts = _attachments(c, [r["id"] for r in rows])
     for r in rows:
@@ -151,10 +296,10 @@ def iter_results(engine, q: Query, tz: str = "UTC", *, by_conversation: bool = F
     order = [m.c.sent_at.is_(None), m.c.sent_at, m.c.seq, m.c.id]
     if by_conversation:
         order = [m.c.source, m.c.conversation_id, *order]
-    stmt = select(m).where(and_(True, *_where(q))).order_by(*order).offset(q.offset)
-    if q.limit is not None:
-        stmt = stmt.limit(q.limit)
     with engine.connect() as c:
+        stmt = select(m).where(and_(True, *_plan(c, q))).order_by(*order).offset(q.offset)
+        if q.limit is not None:
+            stmt = stmt.limit(q.limit)
         # a second connection reads the attachments: the first one's cursor stays open
         with engine.connect() as c2:
             result = c.execution_options(yield_per=batch).execute(stmt).mappings()

@@ -550,6 +550,9 @@ class WeComService:
         self._corrupted: set[str] = set()
         self._first_corrupt_taken = False
         self.closed = False
+        from wxarchive.simulate.directory_api import DirectoryApi
+
+        self._directory = DirectoryApi(tenant_dir, json_reply, error_reply).routes()
 
     # ---- bookkeeping
 
@@ -583,6 +586,10 @@ class WeComService:
         }.get((req.method, req.path))
         if self.closed:
             return Reply(drop=True)
+        if route is None and (req.method, req.path) in self._directory:
+            if self._token_sign(req) is None:
+                return error_reply(42001, "access_token expired")
+            return self._directory[(req.method, req.path)](req)
         if route is None:
             return Reply(status=404, parts=(b"not found",), length=9)
         endpoint, func = route
@@ -923,6 +930,8 @@ def serve_forever(
     """
     stop = stop or threading.Event()
     with serve(tenant_dir, host=host, port=port, faults=faults, proxy_auth=proxy_auth) as sim:
+        # the certificate clients other than the SDK must trust (directory sync --ca-file)
+        (Path(tenant_dir) / "simulator-ca.pem").write_bytes(sim.cert_pem)
         auth = " (proxy auth required)" if proxy_auth else ""
         faulted = "" if (faults is None or faults.is_empty()) else " with fault injection"
         line = (

@@ -48,6 +48,8 @@ messages = Table(
     Column("flags", Text, nullable=False, default="[]"),
     Column("raw_serial", BigInteger),  # journal entry holding the raw record
     Column("serial", BigInteger, nullable=False),  # journal entry this row was derived from
+    Column("external", Integer, nullable=False, default=0),  # 1: an external contact takes part (0003)
+    Column("folded", Text),  # fts.fold(text) when it differs from text, for fold=True searches (0003)
     UniqueConstraint("source", "msgid", name="uq_messages_source_msgid"),
 )
 Index("ix_messages_sender_time", messages.c.sender, messages.c.sent_at)
@@ -140,13 +142,48 @@ participants = Table(
     Column("message_count", Integer, nullable=False, default=0),
 )
 
-FTS_DDL = [
-    # Trigram index: exact substring candidates for queries of 3+ characters; shorter
-    # queries are routed to a filtered scan (docs/search-and-storage: trigram finds nothing
-    # for 1-2 characters).
-    "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5("
-    "text, content='messages', content_rowid='id', tokenize='trigram case_sensitive 1')",
-]
+# The directory, with history: one row per person per stretch of time in which what a source
+# (the WeCom APIs: origin "api"; an HR import: "hr") said of them stayed the same. valid_to
+# NULL: still current. Filled from the journal's wecom.directory / directory.import entries.
+people = Table(
+    "people",
+    metadata,
+    Column("row", Integer, primary_key=True, autoincrement=True),
+    Column("source", String, nullable=False),
+    Column("person", String, nullable=False),  # the participant id
+    Column("origin", String, nullable=False),  # api | hr
+    Column("kind", String),  # employee | external | robot
+    Column("name", Text),
+    Column("alias", Text),
+    Column("mobile", Text),
+    Column("mobile_digits", String),  # national number, digits only (search by any formatting)
+    Column("email", Text),  # lower case
+    Column("department", Text),
+    Column("organisation", Text),
+    Column("position", Text),
+    Column("valid_from", BigInteger),  # epoch ms; NULL: since before anything we know
+    Column("valid_to", BigInteger),  # epoch ms, exclusive; NULL: current
+    Column("serial", BigInteger, nullable=False),
+)
+Index("ix_people_person", people.c.source, people.c.person, people.c.origin)
+Index("ix_people_name", people.c.name)
+Index("ix_people_mobile", people.c.mobile_digits)
+Index("ix_people_email", people.c.email)
+
+# Consent to archiving (WeCom check_single_agree / check_room_agree), latest known state.
+consent = Table(
+    "consent",
+    metadata,
+    Column("source", String, primary_key=True),
+    Column("external_id", String, primary_key=True),
+    Column("scope", String, primary_key=True),  # the employee userid (1:1) or the roomid (group)
+    Column("status", String, nullable=False),  # Agree | Disagree | Default_Agree
+    Column("changed_at", BigInteger),  # epoch ms
+    Column("checked_at", BigInteger, nullable=False),
+    Column("serial", BigInteger, nullable=False),
+)
+
+from wxarchive.archive.catalog.fts import DDL as FTS_DDL  # noqa: E402,F401 (trigram + unigram: see fts.py; 0001 uses it)
 
 # Legal holds (derived from the journal's admin.hold.* events) and purges (from the
 # admin.purge tombstones). A hold with no filter holds everything.

@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from wxarchive.archive.catalog import schema as s
-from wxarchive.model import AttachmentState, Message
+from wxarchive.archive.catalog import fts, schema as s
+from wxarchive.model import AttachmentState, Message, participant_kind
 
 
 def _on_connect(dbapi_conn, _record) -> None:
@@ -33,8 +33,8 @@ def _on_connect(dbapi_conn, _record) -> None:
 
 _INSERT_MESSAGE = (
     "INSERT OR IGNORE INTO messages (source, msgid, seq, conversation_id, conversation_kind, sender, "
-    "recipients, sent_at, kind, source_type, action, text, content, reply_to, recalls, flags, raw_serial, serial) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "recipients, sent_at, kind, source_type, action, text, content, reply_to, recalls, flags, raw_serial, serial, "
+    "external, folded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_RECORD = (
     "INSERT INTO records (source, key, kind, raw_serial, cursor, state, reason) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -128,6 +128,21 @@ class Catalog:
     def close(self) -> None:
         self.engine.dispose()
 
+    def analyze_if_grown(self) -> bool:
+        """Refresh the query planner's statistics (ANALYZE) when the catalog has more than
+        doubled since they were taken: without them SQLite scans a whole low-selectivity
+        index (e.g. ``source``) instead of using the text index. Writers call this on close."""
+        with self.engine.begin() as c:
+            n = c.execute(text("SELECT count(*) FROM messages")).scalar() or 0
+            row = c.execute(select(s.meta.c.value).where(s.meta.c.key == "analyzed_messages")).first()
+            last = int(row[0]) if row else -1
+            if n < 1000 or (last >= 0 and n <= 2 * last):
+                return False
+            c.execute(text("ANALYZE"))
+            c.execute(sqlite_insert(s.meta).values(key="analyzed_messages", value=str(n))
+                      .on_conflict_do_update(index_elements=["key"], set_={"value": str(n)}))
+        return True
+
     # ---- state ---------------------------------------------------------------------
 
     def applied_serial(self) -> int:
@@ -195,7 +210,8 @@ class Catalog:
 
     def drop_all(self) -> None:
         with self.engine.begin() as c:
-            c.execute(text("DROP TABLE IF EXISTS messages_fts"))
+            for table in fts.TABLES:
+                c.execute(text(f"DROP TABLE IF EXISTS {table}"))
         s.metadata.drop_all(self.engine)
         with self.engine.begin() as c:
             c.execute(text("DROP TABLE IF EXISTS alembic_version"))
@@ -250,13 +266,14 @@ class Batch:
                 m.source, m.msgid, m.seq, m.conversation_id, m.conversation_kind, m.sender,
                 _dumps(m.recipients), m.sent_at, m.kind.value, m.source_type, m.action, m.text,
                 _dumps(m.content), m.reply_to, m.recalls, _dumps(m.flags), raw, ser,
+                int(any(participant_kind(p) == "external" for p in (m.sender, *m.recipients))),
+                fts.folded_or_none(m.text),
             ))
             if cur.rowcount == 1:  # 0: already archived (idempotent re-apply)
                 new.append((m, cur.lastrowid))
         if not new:
             return
-        cur.executemany("INSERT INTO messages_fts(rowid, text) VALUES (?, ?)",
-                        [(i, m.text) for m, i in new if m.text])
+        fts.index_rows(cur, [(i, m.text) for m, i in new])
         cur.executemany(_INSERT_ATTACHMENT, [
             (i, a.path, a.kind, a.file_name, a.media_type, a.declared_size, a.declared_md5, a.source_ref,
              a.state.value, a.reason, a.sha256, a.size)
@@ -339,6 +356,83 @@ class Batch:
                 (src, pid, participant_kind(pid), *a) for (src, pid), a in agg.items()
             ])
 
+    # ---- the directory ------------------------------------------------------------
+
+    PERSON_FIELDS = ("kind", "name", "alias", "mobile", "mobile_digits", "email", "department", "organisation",
+                     "position")
+
+    def person(self, source: str, pid: str, origin: str, fields: dict[str, Any], at: int | None, serial: int,
+               valid_to: int | None = None) -> None:
+        """What ``origin`` says of a person from ``at`` on: a new history row when it differs
+        from the row current at ``at`` (which then ends at ``at``). The participant's display
+        name follows the newest name."""
+        p = s.people
+        vals = {k: fields.get(k) for k in self.PERSON_FIELDS}
+        cur = self.conn.execute(
+            select(p).where(p.c.source == source, p.c.person == pid, p.c.origin == origin, p.c.valid_to.is_(None))
+            .order_by(p.c.valid_from.desc()).limit(1)).mappings().first()
+        if cur is not None and all(cur[k] == v for k, v in vals.items()) and valid_to is None:
+            return
+        if cur is not None and valid_to is None:
+            self.conn.execute(update(p).where(p.c.row == cur["row"]).values(valid_to=at))
+        elif cur is None and self.conn.execute(select(p.c.row).where(
+                p.c.source == source, p.c.person == pid, p.c.origin == origin).limit(1)).first() is None:
+            at = None  # the first we hear of them: true since before anything we know
+        self.conn.execute(p.insert().values(source=source, person=pid, origin=origin, valid_from=at,
+                                            valid_to=valid_to, serial=serial, **vals))
+        if vals["name"] and valid_to is None:
+            from wxarchive.model import participant_kind
+
+            self.conn.execute(
+                sqlite_insert(s.participants)
+                .values(source=source, id=pid, kind=vals["kind"] or participant_kind(pid), display_name=vals["name"],
+                        message_count=0)
+                .on_conflict_do_update(index_elements=["source", "id"], set_={"display_name": vals["name"]}))
+
+    def hr_history(self, source: str, pid: str, rows: list[tuple[dict[str, Any], int | None, int | None]],
+                   serial: int) -> None:
+        """An HR import's whole statement about a person (fields, valid_from, valid_to per row):
+        it replaces what earlier imports said of them (a re-import changes nothing)."""
+        p = s.people
+        self.conn.execute(p.delete().where(p.c.source == source, p.c.person == pid, p.c.origin == "hr"))
+        for fields, start, end in rows:
+            vals = {k: fields.get(k) for k in self.PERSON_FIELDS}
+            self.conn.execute(p.insert().values(source=source, person=pid, origin="hr", valid_from=start,
+                                                valid_to=end, serial=serial, **vals))
+        current = [f for f, _, end in rows if end is None and f.get("name")]
+        known = self.conn.execute(select(s.participants.c.display_name).where(
+            s.participants.c.source == source, s.participants.c.id == pid)).first()
+        if current and (known is None or not known[0]):  # the APIs' name, when there is one, stays shown
+            self.conn.execute(
+                sqlite_insert(s.participants)
+                .values(source=source, id=pid, kind=current[-1].get("kind") or "employee",
+                        display_name=current[-1]["name"], message_count=0)
+                .on_conflict_do_update(index_elements=["source", "id"], set_={"display_name": current[-1]["name"]}))
+
+    def set_departments(self, source: str, names: dict[int, str]) -> None:
+        key = f"departments:{source}"
+        self.conn.execute(sqlite_insert(s.meta).values(key=key, value=json.dumps(names))
+                          .on_conflict_do_update(index_elements=["key"], set_={"value": json.dumps(names)}))
+
+    def departments(self, source: str) -> dict[int, str]:
+        row = self.conn.execute(select(s.meta.c.value).where(s.meta.c.key == f"departments:{source}")).first()
+        return {int(k): v for k, v in json.loads(row[0]).items()} if row else {}
+
+    def group_title(self, source: str, roomid: str, title: str | None) -> None:
+        if title:
+            self.conn.execute(update(s.conversations).where(s.conversations.c.source == source,
+                                                            s.conversations.c.id == roomid).values(title=title))
+
+    def consent(self, source: str, external_id: str, scope: str, status: str, changed_at: int | None,
+                checked_at: int, serial: int) -> None:
+        self.conn.execute(
+            sqlite_insert(s.consent)
+            .values(source=source, external_id=external_id, scope=scope, status=status, changed_at=changed_at,
+                    checked_at=checked_at, serial=serial)
+            .on_conflict_do_update(index_elements=["source", "external_id", "scope"],
+                                   set_={"status": status, "changed_at": changed_at, "checked_at": checked_at,
+                                         "serial": serial}))
+
     # ---- admin events (legal holds, purge tombstones) -------------------------------
 
     def admin_event(self, kind: str, meta: dict[str, Any], serial: int, at: int) -> None:
@@ -367,9 +461,7 @@ class Batch:
                               "WHERE source = ? AND msgid = ?", (src, key)).fetchone()
             if row is not None:
                 mid, txt, conv, sender, recipients = row
-                if txt:
-                    cur.execute("INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', ?, ?)",
-                                (mid, txt))
+                fts.unindex_row(cur, mid, txt)
                 cur.execute("DELETE FROM attachments WHERE message_id = ?", (mid,))
                 cur.execute("DELETE FROM messages WHERE id = ?", (mid,))
                 convs.add((src, conv))

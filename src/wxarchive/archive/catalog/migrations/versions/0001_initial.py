@@ -22,5 +22,6 @@ def upgrade():
 
 
 def downgrade():
-    op.execute("DROP TABLE IF EXISTS messages_fts")
+    for table in ("messages_fts", "messages_uni"):
+        op.execute(f"DROP TABLE IF EXISTS {table}")
     schema.metadata.drop_all(op.get_bind())
