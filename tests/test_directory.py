@@ -147,6 +147,33 @@ def test_hr_import_gives_mobiles_emails_and_past_names(home, tenant_copy):
     assert {r["sender_name"] for r in rows} == {api_name}  # the APIs' name comes first when it is valid
 
 
+def test_consent_states_filter_the_chats_they_cover(home, tenant_copy):
+    t = json.loads((tenant_copy / "tenant.json").read_text())
+    with Archive.open(home, readonly=True) as ar:
+        with ar.catalog.engine.connect() as c:
+            rows = c.exec_driver_sql("SELECT conversation_id, conversation_kind, msgid FROM messages").fetchall()
+    ext_in_direct = sorted({p for cid, kind, _ in rows if kind == "direct" for p in cid.split("|")
+                            if p.startswith(("wm", "wo"))})
+    refuser, agreer = ext_in_direct[:2]
+    t["consent"] = [{"external_userid": refuser, "status": "Disagree", "time": 1710000000},
+                    {"external_userid": agreer, "status": "Agree", "time": 1710000001}]
+    (tenant_copy / "tenant.json").write_text(json.dumps(t, ensure_ascii=False))
+    _sync(home, tenant_copy)
+    members = {g["roomid"]: set(g["members"]) for g in t["groups"]}
+
+    def covers(who: str, cid: str, kind: str) -> bool:
+        return who in cid.split("|") if kind == "direct" else who in members.get(cid, set())
+
+    with Archive.open(home, readonly=True) as ar:
+        e = ar.catalog.engine
+        for state, who in (("disagree", refuser), ("agree", agreer)):
+            want = sum(1 for cid, kind, _ in rows if covers(who, cid, kind))
+            assert want > 0 and count(e, Query(consent=state)) == want, state
+        assert count(e, Query(consent="default")) > 0
+        with pytest.raises(Exception, match="use one of agree, disagree, default"):
+            count(e, Query(consent="maybe"))
+
+
 def test_reindex_rebuilds_the_same_directory(home, tenant_copy):
     _sync(home, tenant_copy)
     before = sorted(json.dumps(r, sort_keys=True) for r in _people(home))

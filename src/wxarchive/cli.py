@@ -379,22 +379,26 @@ F_MIN_SIZE = typer.Option(None, "--min-size", help="An attachment of at least th
 F_MAX_SIZE = typer.Option(None, "--max-size", help="An attachment of at most this size.")
 F_RECALLED = typer.Option(None, "--recalled/--not-recalled", help="Only recalled originals / only never recalled.")
 F_SOURCE = typer.Option(None, "--source", help="Only this source (e.g. wecom:ww...).")
+F_CONSENT = typer.Option(None, "--consent", help="Chats whose external party's archiving consent is agree, disagree "
+                                                 "or default (from 'directory sync').")
 F_FOLD = typer.Option(False, "--fold", help="Ignore case, width (Ｆｕｌｌ=Full) and Traditional/Simplified (開=开).")
 F_LITERAL = typer.Option(False, "--literal", help="The text is one substring, AND/OR/NOT/quotes included.")
 
 
 def _filters(text, sender, participant, department, kind, conversation, since, until, external, has_attachment,
-             attachment_name, ext, min_size, max_size, recalled, source, fold, literal, tz, limit=None, offset=0):
+             attachment_name, ext, min_size, max_size, recalled, source, fold, literal, tz, limit=None, offset=0,
+             consent=None):
     """The Query and the words of the request (for the access log and manifests)."""
     q = _query(text, sender, kind, conversation, since, until, has_attachment, tz, limit, participant=participant,
                department=department, external=external, attachment_name=attachment_name, attachment_ext=ext,
                min_size=_size(min_size, "--min-size"), max_size=_size(max_size, "--max-size"),
-               recalled=recalled, source=source, fold=fold, literal=literal, offset=offset)
+               recalled=recalled, source=source, fold=fold, literal=literal, offset=offset, consent=consent)
     words = {"text": text, "sender": sender, "participant": participant, "department": department, "type": kind,
              "conversation": conversation,
              "since": since, "until": until, "external": external, "has_attachment": has_attachment or None,
              "attachment_name": attachment_name, "ext": ext, "min_size": min_size, "max_size": max_size,
-             "recalled": recalled, "source": source, "fold": fold or None, "literal": literal or None}
+             "recalled": recalled, "source": source, "fold": fold or None, "literal": literal or None,
+             "consent": consent}
     return q, {k: v for k, v in words.items() if v is not None}
 
 
@@ -417,6 +421,7 @@ def search_cmd(
     max_size: Optional[str] = F_MAX_SIZE,
     recalled: Optional[bool] = F_RECALLED,
     source: Optional[str] = F_SOURCE,
+    consent: Optional[str] = F_CONSENT,
     fold: bool = F_FOLD,
     literal: bool = F_LITERAL,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many results (a page)."),
@@ -444,7 +449,7 @@ def search_cmd(
             return
         q, words = _filters(text, sender, participant, department, kind, conversation, since, until, external, has_attachment,
                             attachment_name, ext, min_size, max_size, recalled, source, fold, literal, tz, limit,
-                            offset)
+                            offset, consent)
         if kind:
             from wxarchive.search.query import check_kind
 
@@ -1050,6 +1055,7 @@ def export_cmd(
     max_size: Optional[str] = F_MAX_SIZE,
     recalled: Optional[bool] = F_RECALLED,
     source: Optional[str] = F_SOURCE,
+    consent: Optional[str] = F_CONSENT,
     fold: bool = F_FOLD,
     literal: bool = F_LITERAL,
     per: str = typer.Option("day", "--per", help="eml only: one e-mail per conversation-'day' or per 'message'."),
@@ -1071,7 +1077,8 @@ def export_cmd(
 
             check_kind(archive.catalog.engine, kind)
         q, query = _filters(text, sender, participant, department, kind, conversation, since, until, external, has_attachment,
-                            attachment_name, ext, min_size, max_size, recalled, source, fold, literal, tz)
+                            attachment_name, ext, min_size, max_size, recalled, source, fold, literal, tz,
+                            consent=consent)
         with Progress(f"exporting {fmt}", BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
             task = bar.add_task("export", total=None)
 

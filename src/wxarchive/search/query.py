@@ -46,6 +46,7 @@ class Query:
     min_size: int | None = None  # bytes, of at least one attachment
     max_size: int | None = None
     recalled: bool | None = None  # True: recalled originals only; False: never recalled
+    consent: str | None = None  # agree | disagree | default: an external party's archiving consent
     source: str | None = None
     limit: int | None = None
     offset: int = 0
@@ -99,6 +100,7 @@ def _people(value: str):
     return ids.union(select(h.c.person).where(or_(*conds)))
 
 
+CONSENT_STATES = {"agree": "Agree", "disagree": "Disagree", "default": "Default_Agree"}  # WeCom's words
 NARROW = 5000  # filters leaving fewer rows than this are scanned with instr(), not looked up in an index
 
 
@@ -192,6 +194,16 @@ def _filter_terms(q: Query) -> list[Any]:
         att.append(size <= q.max_size)
     if q.has_attachment or att:
         conds.append(m.c.id.in_(select(a.c.message_id).where(and_(True, *att))))
+    if q.consent is not None:
+        status = CONSENT_STATES.get(q.consent.lower())
+        if status is None:
+            raise QueryError(f"consent {q.consent!r}: use one of {', '.join(CONSENT_STATES)}")
+        c = s.consent
+        conds.append(exists(select(literal_column("1")).select_from(c).where(
+            c.c.source == m.c.source, c.c.status == status,
+            or_(c.c.scope == m.c.conversation_id,
+                m.c.conversation_id == c.c.scope + "|" + c.c.external_id,
+                m.c.conversation_id == c.c.external_id + "|" + c.c.scope))))
     if q.recalled is not None:
         conds.append(m.c.recalled_by.is_not(None) if q.recalled else m.c.recalled_by.is_(None))
     return conds
