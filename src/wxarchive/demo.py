@@ -196,6 +196,19 @@ def run_demo(home: Path, tenant: Path, messages: int, seed: int, out: Console, e
         if result.status != "ok":
             err.print(f"[red]capture failed:[/] {result.error}")
             return False
+        out.rule("3b. the directory: who the ids are (WeCom directory APIs, over the same HTTPS)")
+        from wxarchive.capture.wecom.directory import DirectoryOptions
+        from wxarchive.ingest import sync_directory
+
+        ca = tenant / "simulator-ca.pem"
+        for _ in range(50):  # the server writes its certificate as it starts
+            if ca.exists():
+                break
+            time.sleep(0.1)
+        d = sync_directory(archive, DirectoryOptions(info["corp_id"], opts.secret, proxy, ca.read_bytes()),
+                           f"wecom:{info['corp_id']}")
+        out.print(f"{d.answered} answers journaled (names, departments, group names, consent); "
+                  f"{d.not_found} not found")
     finally:
         proc.terminate()
         proc.wait(10)
