@@ -97,6 +97,30 @@ class Directory:
         return ", ".join(self.person(conv.source, i).display for i in ids) or conv.id
 
 
+@dataclass
+class Selection:
+    """What every exporter starts from: the catalog, its directory, and the search count of
+    the query (the number the manifest reconciles with), with a progress ticker."""
+
+    engine: Any
+    directory: Directory
+    total: int
+    progress: Callable[[int, int], None]
+    done: int = 0
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.done % 500 == 0:
+            self.progress(self.done, self.total)
+
+
+def select_for_export(archive, q: Query, progress: Callable[[int, int], None]) -> Selection:
+    from wxarchive.search.query import count
+
+    engine = archive.catalog.engine
+    return Selection(engine, Directory(engine), count(engine, q), progress)
+
+
 def message_size(m: dict[str, Any]) -> int:
     return len(m["text"].encode()) + sum(a["size"] or 0 for a in m["attachments"] if a["state"] == "present")
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wxarchive.export.conversations import Directory
+from wxarchive.export.conversations import select_for_export
 from wxarchive.export.manifest import prepare_out, write_manifest
-from wxarchive.search.query import Query, count, iter_results
+from wxarchive.search.query import Query, iter_results
 
 FORMAT = "wxarchive-export-csv/1"
 COLUMNS = ["sent_at", "conversation", "conversation_title", "conversation_kind", "sender", "sender_name",
@@ -50,9 +50,8 @@ def _attachments(atts: list[dict[str, Any]]) -> str:
 def export_csv(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz: str = "UTC",
                progress: Callable[[int, int], None] = lambda done, total: None) -> CsvResult:
     prepare_out(out)
-    engine = archive.catalog.engine
-    directory = Directory(engine)
-    total = count(engine, q)
+    sel = select_for_export(archive, q, progress)
+    engine, directory, total = sel.engine, sel.directory, sel.total
     res = CsvResult(out)
     recall_times: dict[tuple[str, str], str | None] = {}
     with engine.connect() as c:  # when each recalled original was recalled

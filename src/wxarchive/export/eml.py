@@ -24,9 +24,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from wxarchive.export.conversations import Directory, Slice, link_quotes, members, safe_name, slices
+from wxarchive.export.conversations import Directory, Slice, link_quotes, members, safe_name, select_for_export, slices
 from wxarchive.export.manifest import prepare_out, write_manifest
-from wxarchive.search.query import Query, count
+from wxarchive.search.query import Query
 
 FORMAT = "wxarchive-export-eml/1"
 MAX_BYTES = 200 * 1024 * 1024  # Global Relay takes up to 250 MB per message
@@ -126,9 +126,8 @@ def eml_slices(engine, q: Query, directory: Directory, tz: str, *, per: str = "d
 def export_eml(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz: str = "UTC", per: str = "day",
                progress: Callable[[int, int], None] = lambda done, total: None) -> EmlResult:
     prepare_out(out, "eml")
-    engine = archive.catalog.engine
-    directory = Directory(engine)
-    total = count(engine, q)
+    sel = select_for_export(archive, q, progress)
+    engine, directory, total = sel.engine, sel.directory, sel.total
     res = EmlResult(out)
     for sl in eml_slices(engine, q, directory, tz, per=per):
         msg = build_eml(sl, directory, archive.archive_id, archive.blobs.get)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from wxarchive.export.conversations import Directory, link_quotes, members, safe_name, slices
+from wxarchive.export.conversations import Directory, link_quotes, members, safe_name, select_for_export, slices
 from wxarchive.export.manifest import prepare_out, write_manifest
-from wxarchive.search.query import Query, count
+from wxarchive.search.query import Query
 
 FORMAT = "wxarchive-export-html/1"
 _CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -122,9 +122,8 @@ def render_message(m: dict[str, Any], directory: Directory, custodian: str | Non
 def export_html(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz: str = "UTC",
                 progress: Callable[[int, int], None] = lambda done, total: None) -> HtmlResult:
     prepare_out(out, "media")
-    engine = archive.catalog.engine
-    directory = Directory(engine)
-    total = count(engine, q)
+    sel = select_for_export(archive, q, progress)
+    engine, directory, total = sel.engine, sel.directory, sel.total
     res = HtmlResult(out)
     copied: set[str] = set()
 
@@ -135,18 +134,10 @@ def export_html(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz:
             copied.add(name)
         return name
 
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if done % 500 == 0:
-            progress(done, total)
-
     f = None
     current: tuple[str, str] | None = None
     try:
-        for sl in slices(engine, q, directory, tz, on_message=tick):
+        for sl in slices(engine, q, directory, tz, on_message=sel.tick):
             conv = sl.conversation
             link_quotes(sl, directory)
             ids = members(sl)

@@ -37,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from wxarchive import __version__
-from wxarchive.export.conversations import SYSTEM, Directory, Slice, link_quotes, members, safe_name, slices
+from wxarchive.export.conversations import (
+    SYSTEM, Directory, Slice, link_quotes, members, safe_name, select_for_export, slices,
+)
 from wxarchive.export.manifest import prepare_out, write_manifest
-from wxarchive.search.query import Query, count
+from wxarchive.search.query import Query
 
 FORMAT = "wxarchive-export-rsmf/1"
 RSMF_VERSION = "2.0.0"
@@ -236,20 +238,11 @@ def write_rsmf(path: Path, manifest: dict[str, Any], files: dict[str, str], body
 def export_rsmf(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz: str = "UTC",
                 progress: Callable[[int, int], None] = lambda done, total: None) -> RsmfResult:
     prepare_out(out, "rsmf")
-    engine = archive.catalog.engine
-    directory = Directory(engine)
-    total = count(engine, q)
+    sel = select_for_export(archive, q, progress)
+    engine, directory, total = sel.engine, sel.directory, sel.total
     res = RsmfResult(out)
     seen_convs: set[tuple[str, str]] = set()
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if done % 500 == 0:
-            progress(done, total)
-
-    for sl in slices(engine, q, directory, tz, max_events=MAX_EVENTS, max_bytes=MAX_BYTES, on_message=tick):
+    for sl in slices(engine, q, directory, tz, max_events=MAX_EVENTS, max_bytes=MAX_BYTES, on_message=sel.tick):
         manifest, files, body = build_manifest(sl, directory)
         conv = sl.conversation
         name = f"{safe_name(conv.platform, directory.title(conv, members(sl)), limit=50)}_{conv.key}_{sl.part:03d}.rsmf"
