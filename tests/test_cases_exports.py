@@ -147,7 +147,7 @@ def test_P3_two_chats_with_one_title_export_apart(rsmf_dir, html_dir):
     assert len({json.loads(z.read("rsmf_manifest.json"))["conversations"][0]["id"]
                 for f, z, _ in _manifests(rsmf_dir) if f in same}) == 2
     pages = [p for p in html_dir.glob("*.html") if "<h1>项目组</h1>" in p.read_text(encoding="utf-8")]
-    assert len(pages) == 2 and len({p.name for p in pages}) == 2
+    assert len(pages) == 2 and len({p.name for p in pages}) == 2 and all(p.name.startswith("项目组_") for p in pages)
 
 
 def test_P4_consent_events_appear_with_their_actor(rsmf_dir, msgs):
@@ -177,7 +177,8 @@ def test_A1_unsafe_file_names_are_made_safe():
         name = _zip_name({"file_name": bad, "kind": "file", "media_type": None, "sha256": "ab" * 32})
         assert "/" not in name and "\\" not in name and "\0" not in name and ".." not in name
         assert len(name) <= 16 + 1 + 40 + 11 and not name.startswith(".")
-    assert safe_name("CON") == "CON" and safe_name("..") == "x"
+    assert safe_name("CON") == "_CON" and safe_name("aux.txt") == "_aux.txt" and safe_name("..") == "x"
+    assert safe_name("客户群🎉💼/../x", unicode=True) == "客户群_x" and safe_name("Søren Åberg", unicode=True) == "Søren_Åberg"
 
 
 def test_A2_missing_media_shows_its_reason(home, rsmf_dir):

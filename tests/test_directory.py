@@ -19,7 +19,7 @@ import pytest
 from wxarchive.archive.archive import Archive
 from wxarchive.capture.wecom.directory import DirectoryError, DirectoryOptions
 from wxarchive.ingest import sync_directory
-from wxarchive.model import mobile_digits
+from wxarchive.model import mobile_digits, participant_kind
 from wxarchive.search.query import Query, count
 from wxarchive.simulate.server import serve
 
@@ -148,28 +148,58 @@ def test_hr_import_gives_mobiles_emails_and_past_names(home, tenant_copy):
 
 
 def test_consent_states_filter_the_chats_they_cover(home, tenant_copy):
+    """Consent comes from agree/disagree messages and from the APIs; the newest report wins
+    (one without a time, Default_Agree, only over another without one)."""
     t = json.loads((tenant_copy / "tenant.json").read_text())
     with Archive.open(home, readonly=True) as ar:
         with ar.catalog.engine.connect() as c:
-            rows = c.exec_driver_sql("SELECT conversation_id, conversation_kind, msgid FROM messages").fetchall()
-    ext_in_direct = sorted({p for cid, kind, _ in rows if kind == "direct" for p in cid.split("|")
+            rows = c.exec_driver_sql("SELECT conversation_id, conversation_kind, kind, content, sender FROM messages"
+                                     ).fetchall()
+    convs = {(cid, kind) for cid, kind, _, _, _ in rows}
+    ext_in_direct = sorted({p for cid, kind in convs if kind == "direct" for p in cid.split("|")
                             if p.startswith(("wm", "wo"))})
     refuser, agreer = ext_in_direct[:2]
     t["consent"] = [{"external_userid": refuser, "status": "Disagree", "time": 1710000000},
                     {"external_userid": agreer, "status": "Agree", "time": 1710000001}]
     (tenant_copy / "tenant.json").write_text(json.dumps(t, ensure_ascii=False))
     _sync(home, tenant_copy)
-    members = {g["roomid"]: set(g["members"]) for g in t["groups"]}
+    # the same, worked out from the raw facts: consent messages, and what the APIs answer
+    states: dict[tuple[str, str], tuple[int | None, str]] = {}
 
-    def covers(who: str, cid: str, kind: str) -> bool:
-        return who in cid.split("|") if kind == "direct" else who in members.get(cid, set())
+    def report(ext: str, scope: str, at: int | None, status: str) -> None:
+        old = states.get((ext, scope))
+        if old is None or old[0] is None or (at is not None and at >= old[0]):
+            states[(ext, scope)] = (at, status)
+
+    for cid, kind, mkind, content, sender in rows:
+        if mkind == "consent":
+            c = json.loads(content)
+            ext = c.get("userid") or sender
+            scope = next((p for p in cid.split("|") if p != ext), cid) if kind == "direct" else cid
+            report(ext, scope, c.get("time"), "Agree" if c.get("agree") else "Disagree")
+    api = {c["external_userid"]: (c["status"], c["time"] * 1000) for c in t["consent"]}
+    for cid, kind in sorted(convs):
+        pairs = []
+        if kind == "direct" and "|" in cid:
+            a, b = cid.split("|", 1)
+            kinds = {participant_kind(a): a, participant_kind(b): b}
+            pairs = [(kinds["external"], kinds["employee"])] if set(kinds) == {"employee", "external"} else []
+        else:
+            members = next((g["members"] for g in t["groups"] if g["roomid"] == cid), [])
+            pairs = [(m, cid) for m in members if m.startswith(("wm", "wo"))]
+        for ext, scope in pairs:
+            status, at = api.get(ext, ("Default_Agree", 0))
+            report(ext, scope, at or None, status)
+
+    def expected(status: str) -> int:
+        covered = {(cid, kind) for cid, kind in convs for (ext, scope), (_, st) in states.items() if st == status
+                   and (cid == scope if kind == "group" else set(cid.split("|")) == {ext, scope})}
+        return sum(1 for cid, kind, _, _, _ in rows if (cid, kind) in covered)
 
     with Archive.open(home, readonly=True) as ar:
         e = ar.catalog.engine
-        for state, who in (("disagree", refuser), ("agree", agreer)):
-            want = sum(1 for cid, kind, _ in rows if covers(who, cid, kind))
-            assert want > 0 and count(e, Query(consent=state)) == want, state
-        assert count(e, Query(consent="default")) > 0
+        for state, word in (("Disagree", "disagree"), ("Agree", "agree"), ("Default_Agree", "default")):
+            assert count(e, Query(consent=word)) == expected(state) > 0, word
         with pytest.raises(Exception, match="use one of agree, disagree, default"):
             count(e, Query(consent="maybe"))
 

@@ -113,9 +113,11 @@ def test_html_transcripts_are_escaped_and_complete(source, messages, tmp_path):
     out = tmp_path / "html"
     done = _cli(source, "export", "--format", "html", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    pages = sorted(out.glob("*.html"))
+    pages = sorted(p for p in out.glob("*.html") if p.name != "index.html")
     text = "".join(p.read_text(encoding="utf-8") for p in pages)
     assert len(pages) == len({(m["source"], m["conversation"]) for m in messages})
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert {v for t, attrs in _tags(index) for k, v in attrs if t == "a" and k == "href"} == {p.name for p in pages}
     tags = _tags(text)
     assert tags and not any(t == "script" or t == "iframe" or t == "object" for t, _ in tags)
     for t, attrs in tags:

@@ -439,6 +439,11 @@ def search_cmd(
     tz = settings.timezone
     try:
         if around is not None:
+            given = [n for n, v in (("TEXT", text), ("--sender", sender), ("--participant", participant),
+                                    ("--type", kind), ("--conversation", conversation), ("--since", since),
+                                    ("--until", until), ("--count", count_only or None)) if v]
+            if given:
+                fail(f"--around shows one message in its conversation: it takes no {', '.join(given)}")
             rows = around_fn(archive.catalog.engine, around, context, tz, source)
             archive.access_log().record("search", query={"around": around, "context": context}, results=len(rows))
             for r in rows:
@@ -461,12 +466,16 @@ def search_cmd(
         archive.access_log().record("search", query={**words, **{k: v for k, v in extra.items() if v is not None}},
                                     results=shown)
         if count_only:
-            print(found)
+            print(json.dumps({"count": found}) if as_json else found)
             return
+        from wxarchive.export.conversations import Directory
+
+        names = Directory(archive.catalog.engine)
         n = 0
         for r in search(archive.catalog.engine, q, tz):
             n += 1
             spans = highlights(q, r["text"])
+            r["sender_name"] = names.person(r["source"], r["sender"], r["sent_at_ms"]).display if r["sender"] else None
             if as_json:
                 print(json.dumps({**r, "highlights": spans}, ensure_ascii=False))
             else:
@@ -474,13 +483,17 @@ def search_cmd(
     finally:
         archive.close()
     if not as_json:
-        first = offset + 1 if n else offset
-        err.print(f"{first}–{offset + n} of {found} message(s)" if (offset or n < found) else f"{n} message(s)")
-        if offset + n < found:
+        if n == 0 and offset and found:
+            err.print(f"no message at --offset {offset}: there are {found}")
+        else:
+            err.print(f"{offset + 1}–{offset + n} of {found} message(s)" if (offset or n < found) else f"{n} message(s)")
+        if n and offset + n < found:
             err.print(f"next page: --offset {offset + n}" + (f" --limit {limit}" if limit else ""))
 
 
-def _print_message(r: dict, spans: list[tuple[int, int]] = (), mark: bool = False) -> None:
+def _print_message(r: dict, spans: list[tuple[int, int]] = (), mark: bool = False, names=None) -> None:
+    """One message for a person: time, conversation, who (name, as the directory had it then, and
+    id), kind, text with the hits highlighted, attachments."""
     from rich.text import Text
 
     atts = "".join(
@@ -489,39 +502,60 @@ def _print_message(r: dict, spans: list[tuple[int, int]] = (), mark: bool = Fals
         for a in r["attachments"]
     )
     recalled = " (recalled)" if r["recalled_by"] else ""
-    head = f"{'>> ' if mark else ''}{r['sent_at'] or 'time unknown'}  {r['conversation']}  {r['sender'] or '-'}  " \
+    who = r["sender"] or "-"
+    name = r.get("sender_name")
+    if name is None and names is not None and r["sender"]:
+        name = names.person(r["source"], r["sender"], r.get("sent_at_ms")).display
+    if name and name != r["sender"]:
+        who = f"{name} ({r['sender']})"
+    head = f"{'>> ' if mark else ''}{r['sent_at'] or 'time unknown'}  {r['conversation']}  {who}  " \
            f"[{r['kind']}]{recalled}  {r['msgid']}\n    "
     body = Text(safe(head), style="bold" if mark else "")
     shown = r["text"][:500]
+
+    def piece(t: str) -> str:
+        return safe(t).replace("\n", "\n    ")  # continuation lines indented like the first
+
     pos = 0
     for a, b in spans:
         if a >= len(shown):
             break
-        body.append(safe(shown[pos:a]))
-        body.append(safe(shown[a:min(b, len(shown))]), style="reverse")
+        body.append(piece(shown[pos:a]))
+        body.append(piece(shown[a:min(b, len(shown))]), style="reverse")
         pos = min(b, len(shown))
-    body.append(safe(shown[pos:] + ("…" if len(r["text"]) > 500 else "") + atts))
+    body.append(piece(shown[pos:] + ("…" if len(r["text"]) > 500 else "")) + safe(atts))
     out.print(body, highlight=False)
 
 
 @app.command("show")
 def show_cmd(conversation: str = typer.Argument(..., help="Conversation id (roomid, or 'a|b' for 1:1) or group name.")) -> None:
     """Print a conversation's transcript in time order."""
+    from sqlalchemy import select
+
+    from wxarchive.archive.catalog import schema as sc
+    from wxarchive.export.conversations import Directory
     from wxarchive.search.query import Query, search
 
     if not conversation.strip():
-        fail("give a conversation id or group name (see 'wxarchive search --json' for ids)")
+        fail("give a conversation id or group name (see 'wxarchive conversations')")
 
     archive, settings = _open_archive(readonly=True)
     try:
+        cv = sc.conversations
+        with archive.catalog.engine.connect() as c:
+            named = c.execute(select(cv.c.id).where(cv.c.title == conversation, cv.c.id != conversation)).all()
+        if len(named) > 1:
+            fail(f"{len(named)} conversations are named {conversation!r}: give one of their ids "
+                 f"({', '.join(r[0] for r in named)})")
         rows = list(search(archive.catalog.engine, Query(conversation=conversation), settings.timezone))
+        directory = Directory(archive.catalog.engine)
         archive.access_log().record("show", query={"conversation": conversation}, results=len(rows))
     finally:
         archive.close()
     if not rows:
-        fail(f"no conversation {conversation!r} in the archive (see 'wxarchive search --json' for ids)", 1)
+        fail(f"no conversation {conversation!r} in the archive (see 'wxarchive conversations')", 1)
     for r in rows:
-        _print_message(r)
+        _print_message(r, names=directory)
 
 
 # ---- directory ----------------------------------------------------------------------------
@@ -576,6 +610,7 @@ def directory_sync(
     _setup_logging(state.home)
     try:
         res = sync_directory(archive, opts, f"wecom:{corp}")
+        archive.access_log().record("directory.sync", query={"corp_id": corp}, results=res.answered)
     except DirectoryError as e:
         fail(str(e), 1)
     finally:
@@ -603,6 +638,7 @@ def directory_import(
     archive, settings = _open_archive()
     try:
         rows = import_hr(archive, data, _single_source(archive, source), file.name, settings.timezone)
+        archive.access_log().record("directory.import", query={"file": str(file)}, results=rows.rows)
     except HrImportError as e:
         fail(str(e))
     finally:
@@ -665,14 +701,18 @@ def conversations_cmd(as_json: bool = typer.Option(False, "--json", help="One JS
 
     archive, settings = _open_archive(readonly=True)
     try:
+        from wxarchive.export.conversations import Directory
+
         cv = s.conversations
         with archive.catalog.engine.connect() as c:
             rows = c.execute(select(cv).order_by(cv.c.last_at.desc())).mappings().all()
+        names = Directory(archive.catalog.engine)
         archive.access_log().record("conversations", results=len(rows))
     finally:
         archive.close()
     for r in rows:
-        d = {"source": r["source"], "id": r["id"], "kind": r["kind"], "title": r["title"],
+        title = names.title(names.conversation(r["source"], r["id"], r["kind"])) if r["kind"] == "direct" else r["title"]
+        d = {"source": r["source"], "id": r["id"], "kind": r["kind"], "title": title,
              "messages": r["message_count"], "first": iso_time(r["first_at"], settings.timezone),
              "last": iso_time(r["last_at"], settings.timezone)}
         if as_json:
@@ -757,14 +797,16 @@ def audit_cmd(
     since: Optional[str] = typer.Option(None, "--since", help="From this date/time (inclusive)."),
     until: Optional[str] = typer.Option(None, "--until", help="Up to this date (inclusive) or time (exclusive)."),
     user: Optional[str] = typer.Option(None, "--user", help="Only this account (or on-behalf-of user)."),
-    action: Optional[str] = typer.Option(None, "--action", help="Only this action: search, show, export, status, verify, audit."),
+    action: Optional[str] = typer.Option(None, "--action", help="Only this action: search, show, export, journal, status, verify, audit, directory, conversations, "
+                                       "directory.sync, directory.import, hold.list, purge.plan, or admin.*."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
     """List the access audit log: who searched, viewed or exported what, and when."""
     from wxarchive.model import iso_time
     from wxarchive.search.query import parse_when
 
-    actions = {"search", "show", "export", "status", "verify", "audit", "hold.list", "purge.plan"}
+    actions = {"search", "show", "export", "status", "verify", "audit", "hold.list", "purge.plan", "directory",
+               "directory.sync", "directory.import", "conversations", "journal"}
     if action and action not in actions and not action.startswith("admin."):
         fail(f"--action {action!r}: use one of {', '.join(sorted(actions))}, or admin.* for administrative actions")
     archive, settings = _open_archive(readonly=True)

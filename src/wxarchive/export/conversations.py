@@ -182,10 +182,19 @@ def link_quotes(sl: Slice, directory: Directory) -> None:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 
-def safe_name(*parts: str, limit: int = 60) -> str:
-    """A portable file-name fragment: ASCII letters, digits, '.', '_' and '-' only, never
-    starting with a dot, at most ``limit`` characters (uniqueness comes from a hash beside it)."""
-    name = _UNSAFE.sub("_", "_".join(p for p in parts if p)).strip("._") or "x"
+def safe_name(*parts: str, limit: int = 60, unicode: bool = False) -> str:
+    """A portable file-name fragment: letters and digits (ASCII only, or with ``unicode`` any
+    script's), '.', '_' and '-'; never empty, never starting with a dot, never a Windows
+    device name, at most ``limit`` characters (uniqueness comes from a hash beside it)."""
+    text = "_".join(p for p in parts if p)
+    if unicode:
+        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+    else:
+        name = _UNSAFE.sub("_", text)
+    name = re.sub(r"[._]{2,}", "_", name).strip("._") or "x"
+    if name.split(".")[0].upper() in _RESERVED:
+        name = "_" + name
     return name[:limit]

@@ -119,6 +119,19 @@ def render_message(m: dict[str, Any], directory: Directory, custodian: str | Non
             f'<div class="body">{esc(m["text"])}</div>{_extra(m)}{atts}</div>\n')
 
 
+def _write_index(out: Path, pages: list, res: HtmlResult) -> None:
+    """index.html: every transcript of the export, by name."""
+    items = "".join(f'<li><a href="{esc(name)}">{esc(title)}</a> <span class="meta">{esc(conv.platform)} · '
+                    f'{esc(conv.kind)} · {esc(conv.id)}</span></li>\n'
+                    for name, title, conv in sorted(pages, key=lambda p: p[1]))
+    (out / "index.html").write_text(
+        f'<!DOCTYPE html>\n<html lang="zh"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}"><title>Transcripts</title>'
+        f"<style>{_STYLE}</style></head><body><header><h1>Transcripts</h1><div class=\"meta\">"
+        f"{res.conversations} conversation(s), {res.messages} message(s)</div></header><ul>\n{items}</ul>"
+        "</body></html>\n", encoding="utf-8")
+
+
 def export_html(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz: str = "UTC",
                 progress: Callable[[int, int], None] = lambda done, total: None) -> HtmlResult:
     prepare_out(out, "media")
@@ -136,6 +149,7 @@ def export_html(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz:
 
     f = None
     current: tuple[str, str] | None = None
+    pages: list = []
     try:
         for sl in slices(engine, q, directory, tz, on_message=sel.tick):
             conv = sl.conversation
@@ -149,7 +163,8 @@ def export_html(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz:
                     f.close()
                 current = (conv.source, conv.id)
                 title = directory.title(conv, ids)
-                name = f"{safe_name(title, limit=60)}_{conv.key}.html"
+                name = f"{safe_name(title, limit=60, unicode=True)}_{conv.key}.html"
+                pages.append((name, title, conv))
                 f = open(out / name, "w", encoding="utf-8")
                 f.write(f'<!DOCTYPE html>\n<html lang="zh"><head><meta charset="utf-8">'
                         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
@@ -173,6 +188,7 @@ def export_html(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz:
             f.write("</main></body></html>\n")
             f.close()
     progress(total, total)
+    _write_index(out, pages, res)
     res.media = len(copied)
     manifest = write_manifest(archive, out, fmt=FORMAT, query=query_text, counts={
         "messages": res.messages, "search_count": total, "reconciled": res.messages == total,

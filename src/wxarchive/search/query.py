@@ -92,8 +92,9 @@ def _people(value: str):
     from wxarchive.model import mobile_digits
 
     p, h = s.participants, s.people
-    ids = select(p.c.id).where(or_(p.c.id == value, p.c.display_name == value))
-    conds = [h.c.name == value, h.c.alias == value, h.c.email == value.strip().lower()]
+    low = value.strip().lower()
+    ids = select(p.c.id).where(or_(p.c.id == value, func.lower(p.c.display_name) == low))
+    conds = [func.lower(h.c.name) == low, func.lower(h.c.alias) == low, h.c.email == low]
     digits = mobile_digits(value)
     if digits and len(digits) >= 5 and not any(c.isalpha() for c in value):
         conds.append(h.c.mobile_digits == digits)
@@ -319,7 +320,6 @@ def iter_results(engine, q: Query, tz: str = "UTC", *, by_conversation: bool = F
                 atts = _attachments(c2, [r["id"] for r in rows])
                 for r in rows:
                     d = row_to_result(r, atts.get(r["id"], []), tz)
-                    d["sent_at_ms"] = r["sent_at"]
                     d["reply_to"] = r["reply_to"]
                     d["content"] = json.loads(r["content"])
                     yield d
@@ -334,6 +334,7 @@ def row_to_result(r, attachments: list[dict[str, Any]], tz: str) -> dict[str, An
         "sender": r["sender"],
         "recipients": json.loads(r["recipients"]),
         "sent_at": iso_time(r["sent_at"], tz),
+        "sent_at_ms": r["sent_at"],
         "kind": r["kind"],
         "source_type": r["source_type"],
         "text": r["text"],

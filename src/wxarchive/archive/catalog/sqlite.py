@@ -281,6 +281,7 @@ class Batch:
             for a in m.attachments
         ])
         self._link_recalls([m for m, _ in new])
+        self._consent_messages(new)
         self._conversations([m for m, _ in new])
         self._participants([m for m, _ in new])
 
@@ -395,19 +396,20 @@ class Batch:
         it replaces what earlier imports said of them (a re-import changes nothing)."""
         p = s.people
         self.conn.execute(p.delete().where(p.c.source == source, p.c.person == pid, p.c.origin == "hr"))
+        from wxarchive.model import participant_kind
+
         for fields, start, end in rows:
             vals = {k: fields.get(k) for k in self.PERSON_FIELDS}
+            vals["kind"] = vals["kind"] or participant_kind(pid)
             self.conn.execute(p.insert().values(source=source, person=pid, origin="hr", valid_from=start,
                                                 valid_to=end, serial=serial, **vals))
         current = [f for f, _, end in rows if end is None and f.get("name")]
         known = self.conn.execute(select(s.participants.c.display_name).where(
             s.participants.c.source == source, s.participants.c.id == pid)).first()
-        if current and (known is None or not known[0]):  # the APIs' name, when there is one, stays shown
-            self.conn.execute(
-                sqlite_insert(s.participants)
-                .values(source=source, id=pid, kind=current[-1].get("kind") or "employee",
-                        display_name=current[-1]["name"], message_count=0)
-                .on_conflict_do_update(index_elements=["source", "id"], set_={"display_name": current[-1]["name"]}))
+        if current and known is not None and not known[0]:  # the APIs' name, when there is one, stays shown
+            self.conn.execute(update(s.participants).where(s.participants.c.source == source,
+                                                           s.participants.c.id == pid)
+                              .values(display_name=current[-1]["name"]))
 
     def set_departments(self, source: str, names: dict[int, str]) -> None:
         key = f"departments:{source}"
@@ -425,13 +427,33 @@ class Batch:
 
     def consent(self, source: str, external_id: str, scope: str, status: str, changed_at: int | None,
                 checked_at: int, serial: int) -> None:
-        self.conn.execute(
-            sqlite_insert(s.consent)
-            .values(source=source, external_id=external_id, scope=scope, status=status, changed_at=changed_at,
-                    checked_at=checked_at, serial=serial)
-            .on_conflict_do_update(index_elements=["source", "external_id", "scope"],
-                                   set_={"status": status, "changed_at": changed_at, "checked_at": checked_at,
-                                         "serial": serial}))
+        """The latest known consent state: a report replaces the stored one unless it is older
+        (a consent message, or an API answer with its status_change_time; an answer with no
+        time, such as Default_Agree, replaces only a state of unknown time)."""
+        self.conn.exec_driver_sql(
+            "INSERT INTO consent (source, external_id, scope, status, changed_at, checked_at, serial) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, external_id, scope) DO UPDATE SET "
+            "status = excluded.status, changed_at = excluded.changed_at, checked_at = excluded.checked_at, "
+            "serial = excluded.serial WHERE consent.changed_at IS NULL OR "
+            "(excluded.changed_at IS NOT NULL AND excluded.changed_at >= consent.changed_at)",
+            (source, external_id, scope, status, changed_at, checked_at, serial))
+
+    def _consent_messages(self, msgs: list[tuple[Message, int]]) -> None:
+        """Agree / disagree messages are consent reports of their own (case P4)."""
+        for m, _ in msgs:
+            if m.kind.value != "consent" or not isinstance(m.content, dict):
+                continue
+            ext = m.content.get("userid") or m.sender
+            if not ext:
+                continue
+            if m.conversation_kind == "direct":
+                others = [p for p in m.conversation_id.split("|") if p != ext]
+                scope = others[0] if others else m.conversation_id
+            else:
+                scope = m.conversation_id
+            at = m.content.get("time") if isinstance(m.content.get("time"), int) else m.sent_at
+            self.consent(m.source, str(ext), scope, "Agree" if m.content.get("agree") else "Disagree", at,
+                         m.sent_at or 0, 0)
 
     # ---- admin events (legal holds, purge tombstones) -------------------------------
 
