@@ -226,6 +226,22 @@ def test_bad_credentials_and_files_are_clear_errors(home, tenant_copy, tmp_path)
     for f, msg in ((not_csv, "not UTF-8"), (tmp_path / "none.csv", "cannot read")):
         done = _cli(home, "directory", "import", str(f))
         assert done.returncode == 2 and msg in done.stderr and "Traceback" not in done.stderr
+    dupes = tmp_path / "d.csv"
+    dupes.write_text("id,name,name,id\nlina,A,B,sunli\n")
+    done = _cli(home, "directory", "import", str(dupes))
+    assert done.returncode == 2 and "appear twice" in done.stderr
+    far = tmp_path / "far.csv"
+    far.write_text("id,name,valid_to\nlina,Lina,9999-12-31\nsunli,Sun,\n" + "x,\"" + "y" * 200_000 + "\",\n")
+    done = _cli(home, "directory", "import", str(far))
+    assert done.returncode == 1 and "line 2: '9999-12-31' is out of range" in done.stderr, done.stderr
+    with serve(tenant_copy) as sim, Archive.open(home) as ar:
+        for change, msg in (({"proxy": "not a url"}, "give http://HOST:PORT"), ({"proxy": "socks5://h:1"}, "give http"),
+                            ({"ca_pem": b"not a certificate"}, "no PEM certificate")):
+            opts = _opts(tenant_copy, sim)
+            for k, v in change.items():
+                setattr(opts, k, v)
+            with pytest.raises(DirectoryError, match=msg):
+                sync_directory(ar, opts, "wecom:x")
     headerless = tmp_path / "h.csv"
     headerless.write_text("name,mobile\nA,1\n")
     done = _cli(home, "directory", "import", str(headerless))

@@ -314,6 +314,22 @@ def test_journaling_over_starttls_with_auth(source, smtp_server, tmp_path):
     assert res.delivered_messages == 20 and len(_ids(srv.sink)) == 20
 
 
+def test_each_target_has_its_own_ledger():
+    a = SmtpTarget("h", 25, ["a@b", "c@d"])
+    b = SmtpTarget("h", 25, ["a_b_c@d"])
+    assert a.slug != b.slug and SmtpTarget("h", 25, ["x@y"]).slug != SmtpTarget("h", 25, ["x_y"]).slug
+    assert a.slug == SmtpTarget("H", 25, ["c@d", "a@b"]).slug  # the same target, however written
+
+
+def test_empty_or_undecodable_filters_are_refused(source):
+    for args in (["search", "--sender", ""], ["search", "--ext", " "], ["search", ""],
+                 ["export", "--format", "csv", "--out", "/tmp/never-written", "--text", ""],
+                 ["journal", "--smtp", "host:²", "--to", "x@y"]):
+        done = _cli(source, *args)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr)
+    assert not Path("/tmp/never-written").exists()
+
+
 def test_journal_command(source, smtp_server, tmp_path):
     srv = smtp_server()
     done = _cli(source, "journal", "--smtp", f"localhost:{srv.port}", "--to", "j@archive.example", "--no-tls",

@@ -124,7 +124,11 @@ def test_validate_rsmf_command_exit_codes(tmp_path):
                str(SAMPLES / "invalid/rsmf/v2_official_sample3_extra_eml_attachment.rsmf"))
     assert bad.returncode == 1 and json.loads(bad.stdout)["result"] == "Failed"
     (tmp_path / "junk.rsmf").write_bytes(b"\x00\x01\x02 not an rsmf")
-    for target in (tmp_path / "nope.rsmf", tmp_path, tmp_path / "junk.rsmf"):
+    for bad in ('{"version": []}', "[" * 100_000 + "]" * 100_000, '{"version": {}}'):
+        (tmp_path / "m.json").write_text(bad)
+        got = _cli(None, "validate-rsmf", str(tmp_path / "m.json"))
+        assert got.returncode == 1 and "Failed" in got.stdout and "Traceback" not in got.stderr, got.stderr[-500:]
+    for target in (tmp_path / "nope.rsmf", tmp_path, tmp_path / "junk.rsmf", Path("/dev/zero")):
         gone = _cli(None, "validate-rsmf", str(target))
         assert gone.returncode == 2 and "Traceback" not in gone.stderr and str(target) in gone.stderr
 

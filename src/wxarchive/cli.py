@@ -88,7 +88,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             SdkLoadError, CaptureError, QueryError)
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0, 9), *range(11, 32), 127]}
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0, 9), *range(11, 32), *range(127, 160)]}
+_CONTROL.update({c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]})  # bidi overrides
 
 
 def safe(text: str) -> str:
@@ -100,7 +101,8 @@ def safe(text: str) -> str:
 def fail(message: str, code: int = 2) -> None:
     from rich.markup import escape
 
-    err.print(f"[bold red]error:[/] {escape(safe(message))}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(safe(message))}", markup=True, highlight=False, soft_wrap=True,
+              emoji=False)
     raise typer.Exit(code)
 
 
@@ -360,7 +362,10 @@ def _size(value: str | None, flag: str) -> int | None:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*", value.lower())
     if not m:
         fail(f"{flag} {value!r}: give a size in bytes, or with k/M/G (e.g. 15k, 2.5MB)")
-    return int(float(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2)])
+    n = int(float(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2)])
+    if n >= 2**63:
+        fail(f"{flag} {value!r}: too large")
+    return n
 
 
 # Filters shared by search and export (one definition: the same words mean the same filter)
@@ -389,6 +394,21 @@ def _filters(text, sender, participant, department, kind, conversation, since, u
              attachment_name, ext, min_size, max_size, recalled, source, fold, literal, tz, limit=None, offset=0,
              consent=None):
     """The Query and the words of the request (for the access log and manifests)."""
+    given = {"TEXT/--text": text, "--sender": sender, "--participant": participant, "--department": department,
+             "--type": kind, "--conversation": conversation, "--since": since, "--until": until,
+             "--attachment-name": attachment_name, "--ext": ext, "--min-size": min_size, "--max-size": max_size,
+             "--source": source, "--consent": consent}
+    for flag, value in given.items():
+        if value is None:
+            continue
+        if not value.strip() and not (literal and flag == "TEXT/--text" and value):
+            fail(f"{flag} is empty: leave it out to not filter on it")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            fail(f"{flag}: not valid UTF-8 (check the terminal's encoding)")
+    if ext is not None:
+        ext = ext.strip()
     q = _query(text, sender, kind, conversation, since, until, has_attachment, tz, limit, participant=participant,
                department=department, external=external, attachment_name=attachment_name, attachment_ext=ext,
                min_size=_size(min_size, "--min-size"), max_size=_size(max_size, "--max-size"),
@@ -424,8 +444,8 @@ def search_cmd(
     consent: Optional[str] = F_CONSENT,
     fold: bool = F_FOLD,
     literal: bool = F_LITERAL,
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many results (a page)."),
-    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many results first (the next page)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, max=10**9, help="At most this many results (a page)."),
+    offset: int = typer.Option(0, "--offset", min=0, max=10**12, help="Skip this many results first (the next page)."),
     around: Optional[str] = typer.Option(None, "--around", help="Show this message (msgid) in its conversation, "
                                                                 "with --context messages before and after."),
     context: int = typer.Option(5, "--context", min=0, max=500, help="Messages each side for --around."),
@@ -1164,6 +1184,8 @@ def export_cmd(
                     messages, files = r.messages, r.file_list
             except ExportError as e:
                 fail(str(e))
+            except OSError as e:
+                fail(f"--out {out_dir}: cannot write {e.filename or ''} ({e.strerror or e.__class__.__name__})")
         archive.access_log().record("export", query={**query, "format": fmt, "out": str(out_dir)},
                                     results=messages, files=files)
     finally:
@@ -1192,8 +1214,10 @@ def journal_cmd(
 
     from wxarchive.export.journaling import JournalingError, SmtpTarget, journal_smtp
 
+    import re
+
     host, _, port = smtp.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         fail(f"--smtp {smtp!r}: give HOST:PORT, e.g. feeds.example.com:25")
     if per not in ("day", "message"):
         fail(f"--per {per!r}: use 'day' or 'message'")

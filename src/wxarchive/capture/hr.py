@@ -52,9 +52,11 @@ def when_in(tz: str) -> Callable[[str, bool], int]:
             else:
                 dt = datetime.fromisoformat(value)
                 dt = dt if dt.tzinfo else dt.replace(tzinfo=zone)
+            return int(dt.timestamp() * 1000)
         except ValueError:
             raise ValueError(f"{value!r} is not a date or ISO time (e.g. 2024-03-10)") from None
-        return int(dt.timestamp() * 1000)
+        except OverflowError:
+            raise ValueError(f"{value!r} is out of range (use an empty valid_to for 'still true')") from None
 
     return when
 
@@ -66,13 +68,27 @@ def parse(data: bytes, when: Callable[[str, bool], int], name: str = "the file")
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise HrImportError(f"{name}: not UTF-8 (byte {e.start}); export the CSV as UTF-8") from None
+    csv.field_size_limit(1 << 24)
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    cols = [c.strip().lower() for c in reader.fieldnames or []]
+    try:
+        cols = [c.strip().lower() for c in reader.fieldnames or []]
+    except csv.Error as e:
+        raise HrImportError(f"{name}: not a CSV header ({e})") from None
     if "id" not in cols:
         raise HrImportError(f"{name}: no 'id' column in the header (found: {', '.join(cols) or 'nothing'})")
+    dupes = sorted({c for c in cols if c and cols.count(c) > 1})
+    if dupes:
+        raise HrImportError(f"{name}: column(s) {', '.join(dupes)} appear twice in the header")
     reader.fieldnames = cols
     out = HrRows()
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise HrImportError(f"{name}: line {reader.line_num}: {e}") from None
         line = reader.line_num
         pid = (row.get("id") or "").strip()
         if not pid:

@@ -43,8 +43,11 @@ class HtmlResult:
     file_list: list[dict[str, Any]] = field(default_factory=list)
 
 
+_C0 = {c: 0x2400 + c for c in range(32) if c not in (9, 10, 13)}  # control characters shown as ␀ ␁ …
+
+
 def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    return html.escape("" if value is None else str(value), quote=True).translate(_C0)
 
 
 def safe_href(url: Any) -> str | None:

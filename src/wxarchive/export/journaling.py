@@ -15,6 +15,7 @@ AUTH only over TLS, with the password from a file or ``WXARCHIVE_SMTP_PASSWORD``
 
 from __future__ import annotations
 
+import json
 import smtplib
 import socket
 import sqlite3
@@ -50,7 +51,12 @@ class SmtpTarget:
 
     @property
     def slug(self) -> str:
-        return safe_name(f"{self.host}_{self.port}_{'_'.join(sorted(self.to))}", limit=120)
+        """The ledger's file name: readable, and unique per target (a hash of the exact host,
+        port and recipients: 'a@b' + 'c@d' and 'a_b_c@d' are different targets)."""
+        import hashlib
+
+        exact = json.dumps([self.host.lower(), self.port, sorted(self.to)]).encode()
+        return f"{safe_name(self.host.lower(), str(self.port), limit=60)}_{hashlib.sha256(exact).hexdigest()[:16]}"
 
 
 @dataclass

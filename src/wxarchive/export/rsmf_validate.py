@@ -38,6 +38,7 @@ from typing import Any
 
 SCHEMAS = {"1.0.0": "rsmf_schema_1_0_0.json", "2.0.0": "rsmf_schema_2_0_0.json"}
 MANIFEST_NAME = "rsmf_manifest.json"
+MAX_FILE = 2 << 30  # Relativity does not take RSMF files over 2 GB
 
 
 @dataclass
@@ -94,7 +95,7 @@ def check_manifest(manifest: Any, *, zip_names: set[str] | None = None, format_c
     if not isinstance(manifest, dict):
         return [Finding("error", "ManifestSchemaViolation", where, "the manifest is not a JSON object")]
     version = manifest.get("version")
-    if version not in SCHEMAS:
+    if not isinstance(version, str) or version not in SCHEMAS:
         return [Finding("error", "ManifestSchemaViolation", f"{where}:/version",
                         f"version {version!r} is not one of {', '.join(SCHEMAS)}")]
     validator = Draft7Validator(_schema(version), format_checker=FormatChecker() if format_check else None)
@@ -246,7 +247,9 @@ def _parse_json(raw: bytes, where: str, v: Validation) -> Any:
         return json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as e:
         v.findings.append(Finding("error", "ManifestNotJson", where, f"not JSON ({e})"))
-        return None
+    except RecursionError:
+        v.findings.append(Finding("error", "ManifestNotJson", where, "nested too deep to be a manifest"))
+    return None
 
 
 def _check_eml(data: bytes, path: Path, v: Validation, format_check: bool) -> None:
@@ -330,6 +333,10 @@ def _check_headers(msg, manifest: dict[str, Any], v: Validation) -> None:
 def validate_file(path: Path, *, format_check: bool = True) -> Validation:
     """Validate a .rsmf, an rsmf.zip or an rsmf_manifest.json (told apart by content)."""
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():
+            raise CannotValidate(f"{path}: not a regular file")
+        if path.is_file() and path.stat().st_size > MAX_FILE:
+            raise CannotValidate(f"{path}: over {MAX_FILE >> 30} GiB, more than Relativity accepts")
         data = path.read_bytes()
     except FileNotFoundError:
         raise CannotValidate(f"{path}: no such file") from None

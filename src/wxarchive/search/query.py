@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, bindparam, exists, func, literal_column, not_, or_, select, text
 
 from wxarchive.archive.catalog import schema as s
+from wxarchive.archive.catalog.fts import NUL_STAND_IN, trigram_text
 from wxarchive.search import text as textq
 from wxarchive.model import iso_time
 
@@ -115,13 +116,15 @@ def _substring(needle: str, fold: bool, scan: bool = False):
     r = "scan" if scan else textq.route(needle)
     if r == "scan":
         return found
-    table, phrase = ("messages_fts", '"' + needle.replace('"', '""') + '"') if r == "trigram" else \
+    tri = trigram_text(needle)
+    table, phrase = ("messages_fts", '"' + tri.replace('"', '""') + '"') if r == "trigram" else \
         ("messages_uni", textq.unigram_phrase(needle))
     hits = m.c.id.in_(select(literal_column("rowid")).select_from(text(table))
                       .where(text(f"{table} MATCH :phrase").bindparams(bindparam("phrase", phrase, unique=True))))
     # a case-sensitive trigram phrase is an exact substring match; so is a unigram phrase of
     # characters that are each their own token and never case-folded
-    return hits if r == "trigram" or textq.unigram_exact(needle) else and_(hits, found)
+    exact = tri == needle and NUL_STAND_IN not in needle if r == "trigram" else textq.unigram_exact(needle)
+    return hits if exact else and_(hits, found)
 
 
 def _text(tree, fold: bool, scan: bool = False):
@@ -186,8 +189,11 @@ def _filter_terms(q: Query) -> list[Any]:
     if q.attachment_name:
         att.append(func.instr(func.lower(a.c.file_name), q.attachment_name.lower()) > 0)
     if q.attachment_ext:
-        ext = q.attachment_ext.lower().lstrip(".")
-        att.append(func.lower(a.c.file_name).like("%." + ext.replace("%", "").replace("_", ""), escape="\\"))
+        # the name ends in "." + ext: compared as hex, because SQLite's LIKE and substr() stop at
+        # a NUL inside a name, and no character of the extension is a wildcard
+        ext = "." + "".join(c.lower() if c.isascii() else c for c in q.attachment_ext.strip().lstrip("."))
+        tail = ext.encode("utf-8").hex().upper()
+        att.append(func.substr(func.hex(func.lower(a.c.file_name)), -len(tail)) == tail)
     size = func.coalesce(a.c.size, a.c.declared_size)
     if q.min_size is not None:
         att.append(size >= q.min_size)

@@ -59,6 +59,8 @@ class Or:
     parts: tuple
 
 
+MAX_TERMS = 256  # substrings per query (SQLite's expression depth is 1,000)
+MAX_DEPTH = 64  # nested parentheses / NOTs
 _LEX = re.compile(r'\s+|\(|\)|"(?:[^"]|"")*"|"|[^\s()"]+')
 _OPS = {"AND", "OR", "NOT"}
 
@@ -95,7 +97,10 @@ def parse(query: str, *, literal: bool = False):
             merged[-1] = ("word", query[start : t[3]], start, t[3])
         else:
             merged.append(t)
+    if sum(1 for t in merged if t[0] in ("word", "phrase")) > MAX_TERMS:
+        raise TextQueryError(f"more than {MAX_TERMS} substrings in one query: split it, or export and filter")
     pos = 0
+    depth = 0
 
     def peek():
         return merged[pos] if pos < len(merged) else None
@@ -120,11 +125,24 @@ def parse(query: str, *, literal: bool = False):
             parts.append(not_expr())
         return parts[0] if len(parts) == 1 else And(tuple(parts))
 
+    def deeper():
+        nonlocal depth
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise TextQueryError(f"nested more than {MAX_DEPTH} deep (parentheses or NOT)")
+
+    def shallower():
+        nonlocal depth
+        depth -= 1
+
     def not_expr():
         t = peek()
         if t and t[:2] == ("op", "NOT"):
             take()
-            return Not(not_expr())
+            deeper()
+            node = Not(not_expr())
+            shallower()
+            return node
         return primary()
 
     def primary():
@@ -136,10 +154,12 @@ def parse(query: str, *, literal: bool = False):
         if t[0] in ("word", "phrase"):
             return Term(t[1])
         if t[0] == "(":
+            deeper()
             inner = or_expr()
             if not (peek() and peek()[0] == ")"):
                 raise TextQueryError(f"'(' at character {t[2] + 1} is never closed (quote it to search it)")
             take()
+            shallower()
             return inner
         raise TextQueryError(f"unexpected {t[1]!r} at character {t[2] + 1} (quote it to search it as text)")
 

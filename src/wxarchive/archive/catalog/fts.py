@@ -60,18 +60,27 @@ def unigram_text(text: str) -> str:
     return " ".join(unigram_tokens(text))
 
 
+NUL_STAND_IN = "\u2400"  # SYMBOL FOR NULL: FTS5 reads text as C strings and would stop at a NUL
+
+
+def trigram_text(text: str) -> str:
+    """The text as the trigram index gets it: a NUL would end it there (and hide the rest)."""
+    return text.replace("\0", NUL_STAND_IN) if "\0" in text else text
+
+
 def index_rows(cur, rows: list[tuple[int, str]]) -> None:
     """Index new messages' text (``(rowid, text)``; empty texts are skipped)."""
     rows = [(i, t) for i, t in rows if t]
     if rows:
-        cur.executemany("INSERT INTO messages_fts(rowid, text) VALUES (?, ?)", rows)
+        cur.executemany("INSERT INTO messages_fts(rowid, text) VALUES (?, ?)", [(i, trigram_text(t)) for i, t in rows])
         cur.executemany("INSERT INTO messages_uni(rowid, t) VALUES (?, ?)", [(i, unigram_text(t)) for i, t in rows])
 
 
 def unindex_row(cur, rowid: int, text: str) -> None:
     """Remove one message's text from both indexes (it must be the text that was indexed)."""
     if text:
-        cur.execute("INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', ?, ?)", (rowid, text))
+        cur.execute("INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', ?, ?)",
+                    (rowid, trigram_text(text)))
         cur.execute("INSERT INTO messages_uni(messages_uni, rowid, t) VALUES ('delete', ?, ?)",
                     (rowid, unigram_text(text)))
 
@@ -104,7 +113,7 @@ class _FoldTable(dict):
 
     def __missing__(self, code: int) -> str:
         ch = chr(code)
-        out = unicodedata.normalize("NFKC", ch).casefold()
+        out = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", ch).casefold())
         if any(ord(c) > 0x2E7F for c in out):
             t2s = _t2s()
             out = "".join(t2s.get(c, c) for c in out)
@@ -116,8 +125,10 @@ _FOLD = _FoldTable()
 
 
 def fold(text: str | None) -> str:
-    """Per-character NFKC + case fold + Traditional→Simplified: a substring of the text folds
-    to a substring of the folded text, so folded search still never misses."""
+    """Per character: compatibility decomposition (NFKD: full-width → ASCII, 'é' → 'e' + the
+    accent, so precomposed and decomposed spellings meet), case fold, Traditional→Simplified.
+    Character by character, so a substring of the text folds to a substring of the folded
+    text: folded search still never misses."""
     return text.translate(_FOLD) if text else ""
 
 

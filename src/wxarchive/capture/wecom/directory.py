@@ -58,7 +58,18 @@ class Client:
         self.opts = opts
         ctx = ssl.create_default_context()
         if opts.ca_pem:
-            ctx.load_verify_locations(cadata=opts.ca_pem.decode())
+            try:
+                ctx.load_verify_locations(cadata=opts.ca_pem.decode("ascii", "replace"))
+            except ssl.SSLError:
+                raise DirectoryError("the CA file holds no PEM certificate") from None
+        if opts.proxy:
+            parts = urllib.parse.urlsplit(opts.proxy)
+            if parts.scheme != "http" or not parts.hostname or any(c.isspace() for c in opts.proxy):
+                raise DirectoryError(f"proxy {opts.proxy!r}: give http://HOST:PORT (an HTTP CONNECT proxy)")
+            try:
+                parts.port
+            except ValueError:
+                raise DirectoryError(f"proxy {opts.proxy!r}: the port is not a number from 1 to 65535") from None
         handlers: list[Any] = [urllib.request.HTTPSHandler(context=ctx)]
         if opts.proxy:
             handlers.append(urllib.request.ProxyHandler({"https": opts.proxy}))
@@ -77,7 +88,7 @@ class Client:
                 return r.read()
         except urllib.error.HTTPError as e:
             raise DirectoryError(f"{path}: HTTP {e.code}") from None
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: http.client.InvalidURL
             reason = getattr(e, "reason", e)
             raise DirectoryError(f"{path}: cannot reach {self.opts.base} ({reason})") from None
 
