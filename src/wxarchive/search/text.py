@@ -19,7 +19,7 @@ brute-force scan in tests/test_search_recall.py):
   the rows the other filters leave.
 
 ``fold=True`` (the documented option): case-, width- and Traditional/Simplified-insensitive,
-by a per-character normalisation of both sides (``fold`` in archive/catalog/fts.py: NFKC,
+by a per-character normalisation of both sides (``fold`` in archive/catalog/fts.py: NFKD,
 case fold, OpenCC's t2s of the character), so that it is still a substring relation:
 answered by a scan of the folded text the catalog keeps, over the rows the other filters
 leave.
