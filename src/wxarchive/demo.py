@@ -223,6 +223,9 @@ def run_demo(home: Path, tenant: Path, messages: int, seed: int, out: Console, e
     _print_status(st)
 
     out.rule("5. a few searches")
+    from wxarchive.export.conversations import Directory
+
+    names = Directory(archive.catalog.engine)
     for label, q in [
         ("'合同' (2 Chinese characters)", Query(text="合同")),
         ("'钱' (1 Chinese character)", Query(text="钱")),
@@ -238,7 +241,7 @@ def run_demo(home: Path, tenant: Path, messages: int, seed: int, out: Console, e
     log.record("search", query={"text": q.text, "has_attachment": True, "limit": 2},
                results=min(2, count(archive.catalog.engine, q)))
     for r in search(archive.catalog.engine, q, tz):
-        _print_message(r)
+        _print_message(r, names=names)
 
     out.rule("6. check against the answer key")
     chk = check_answer_key(archive.catalog.engine, tenant)
