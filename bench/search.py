@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 from wxarchive.search.query import Query, count, matching_ids, search
-from wxarchive.simulate.search_corpus import SOURCE, generate
+from wxarchive.simulate.search_corpus import SOURCE, fill, generate
 
 
 def build(path: Path, n: int) -> tuple[float, list]:
@@ -49,25 +49,18 @@ def build(path: Path, n: int) -> tuple[float, list]:
     cat = Catalog.open(path)
     sample = []  # (text, sender, sent_at) of every 50th message: queries come from real rows
     t = time.perf_counter()
-    batch = []
-    serial = 0
-    for i, m in enumerate(generate(n, seed=11)):
-        batch.append(m)
-        if i % 50 == 0:
-            sample.append((m.text, m.sender, m.sent_at))
-        if len(batch) == 5000:
-            serial += 1
-            with cat.batch(serial) as b:
-                for x in batch:
-                    b.message(x, serial, None)
-            batch = []
-            if serial % 20 == 0:
-                print(f"  built {serial * 5000:,} messages, {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    if batch:
-        serial += 1
-        with cat.batch(serial) as b:
-            for x in batch:
-                b.message(x, serial, None)
+
+    def messages():
+        for i, m in enumerate(generate(n, seed=11)):
+            if i % 50 == 0:
+                sample.append((m.text, m.sender, m.sent_at))
+            yield m
+
+    def report(done: int) -> None:
+        if done % 100_000 == 0:
+            print(f"  built {done:,} messages, {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+    fill(cat, messages(), on_batch=report)
     cat.analyze_if_grown()  # as an archive's writer does when it closes
     dt = time.perf_counter() - t
     cat.close()
@@ -111,8 +104,9 @@ def queries(sample, rng: random.Random, per_class: int) -> dict[str, list[tuple[
                 freq[c] = freq.get(c, 0) + 1
     ranked = sorted(freq, key=freq.get, reverse=True)
     third = max(1, per_class // 3)
-    cn1 = (rng.sample(ranked[:20], third) + rng.sample(ranked[200:1000], third)  # common, mid, rare
-           + rng.sample(ranked[3000:], per_class - 2 * third))
+    k = len(ranked)
+    cn1 = (rng.sample(ranked[:20], third) + rng.sample(ranked[k // 30 : k // 7], third)  # common, mid, rare
+           + rng.sample(ranked[k // 2 :], per_class - 2 * third))
     classes = {
         "cn1": cn1,
         "cn2": [sub(2, han) for _ in range(per_class)],
@@ -186,20 +180,7 @@ def export_bench(workdir: Path, n: int) -> None:
     home = workdir / "export-home"
     shutil.rmtree(home, ignore_errors=True)
     with Archive.open(home, create=True) as ar:
-        cat = ar.catalog
-        batch, serial = [], 0
-        for m in generate(n, seed=12, conversations=max(20, n // 200)):
-            batch.append(m)
-            if len(batch) == 5000:
-                serial += 1
-                with cat.batch(serial) as b:
-                    for x in batch:
-                        b.message(x, serial, None)
-                batch = []
-        if batch:
-            with cat.batch(serial + 1) as b:
-                for x in batch:
-                    b.message(x, serial + 1, None)
+        fill(ar.catalog, generate(n, seed=12, conversations=max(20, n // 200)))
     out = workdir / "export-out"
     shutil.rmtree(out, ignore_errors=True)
     done = subprocess.run([sys.executable, __file__, "--export-child", str(home), str(out)], capture_output=True,

@@ -219,16 +219,11 @@ def test_C5_split_exports_neither_drop_nor_repeat_a_message(home, msgs, tmp_path
 
 def test_C6_a_huge_conversation_exports_in_bounded_memory(tmp_path):
     """20,000 messages in one conversation: memory is bounded by one 10,000-event slice."""
-    from wxarchive.simulate.search_corpus import generate
+    from wxarchive.simulate.search_corpus import fill, generate
 
     home = tmp_path / "huge"
     with Archive.open(home, create=True) as ar:
-        batch = list(generate(20_000, seed=4, conversations=1))
-        for serial, i in enumerate(range(0, len(batch), 5000), 1):
-            with ar.catalog.batch(serial) as b:
-                for m in batch[i : i + 5000]:
-                    b.message(m, serial, None)
-    del batch
+        fill(ar.catalog, generate(20_000, seed=4, conversations=1))
     with Archive.open(home, readonly=True) as ar:
         tracemalloc.start()
         res = rsmf_mod.export_rsmf(ar, Query(), tmp_path / "out", query_text={})

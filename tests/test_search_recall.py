@@ -17,7 +17,7 @@ import pytest
 from wxarchive.archive.catalog.sqlite import Catalog
 from wxarchive.search import text as textq
 from wxarchive.search.query import Query, QueryError, count, matching_ids
-from wxarchive.simulate.search_corpus import generate
+from wxarchive.simulate.search_corpus import fill, generate
 
 N = 100_000
 
@@ -26,10 +26,7 @@ N = 100_000
 def corpus(tmp_path_factory):
     cat = Catalog.open(tmp_path_factory.mktemp("recall") / "catalog.db")
     msgs = list(generate(N, seed=5))
-    for serial, i in enumerate(range(0, N, 5000), 1):
-        with cat.batch(serial) as b:
-            for m in msgs[i : i + 5000]:
-                b.message(m, serial, None)
+    fill(cat, msgs)
     yield cat.engine, msgs
     cat.close()
 

@@ -45,6 +45,31 @@ class _Zipf:
         return self.items[min(bisect.bisect(self.cum, self.rng.random()), len(self.items) - 1)]
 
 
+def fill(catalog, messages, batch: int = 5000, on_batch=None) -> int:
+    """Insert messages into a catalog through the ingest's own path (Catalog.batch), ``batch``
+    per transaction; ``on_batch(count)`` after each. Returns how many."""
+    serial, chunk, n = 0, [], 0
+
+    def flush() -> None:
+        nonlocal serial
+        serial += 1
+        with catalog.batch(serial) as b:
+            for x in chunk:
+                b.message(x, serial, None)
+        chunk.clear()
+        if on_batch is not None:
+            on_batch(n)
+
+    for m in messages:
+        chunk.append(m)
+        n += 1
+        if len(chunk) == batch:
+            flush()
+    if chunk:
+        flush()
+    return n
+
+
 def generate(n: int, seed: int = 1, *, users: int = 500, conversations: int = 2000,
              start_ms: int = 1_704_038_400_000) -> Iterator[Message]:
     """``n`` messages over 2024 (UTC+8 new year to new year)."""
