@@ -65,7 +65,8 @@ def test_eml_parses_back_to_the_same_content(source, messages, tmp_path, per):
     with Archive.open(source, readonly=True) as ar:
         for f in sorted((out / "eml").glob("*.eml")):
             msg = _parse(f)
-            assert msg["Message-ID"] and msg["Date"] and msg["From"] and msg["X-GlobalRelay-MsgType"] == "WeCom"
+            assert msg["Message-ID"] and msg["From"] and msg["X-GlobalRelay-MsgType"] == "WeCom"
+            assert str(msg["Date"]).endswith("+0800")  # the zone the body's times are in (Asia/Shanghai)
             ids = str(msg["X-Wxarchive-Msgids"]).split()
             assert int(msg["X-Wxarchive-Message-Count"]) == len(ids)
             if per == "message":
@@ -324,6 +325,7 @@ def test_each_target_has_its_own_ledger():
 def test_empty_or_undecodable_filters_are_refused(source):
     for args in (["search", "--sender", ""], ["search", "--ext", " "], ["search", ""],
                  ["export", "--format", "csv", "--out", "/tmp/never-written", "--text", ""],
+                 ["export", "--format", "rsmf", "--out", "/tmp/never-written", "--text", "(合同"],
                  ["journal", "--smtp", "host:²", "--to", "x@y"]):
         done = _cli(source, *args)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr)

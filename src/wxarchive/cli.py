@@ -1141,6 +1141,9 @@ def export_cmd(
         q, query = _filters(text, sender, participant, department, kind, conversation, since, until, external, has_attachment,
                             attachment_name, ext, min_size, max_size, recalled, source, fold, literal, tz,
                             consent=consent)
+        from wxarchive.search.query import count
+
+        count(archive.catalog.engine, q)  # a query that cannot run fails here, before any folder is made
         with Progress(f"exporting {fmt}", BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
             task = bar.add_task("export", total=None)
 

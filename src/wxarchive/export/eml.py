@@ -20,7 +20,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
-from datetime import datetime, timezone
+from datetime import datetime
+from zoneinfo import ZoneInfo
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,8 @@ def message_id(sl: Slice) -> str:
     return f"<{h[:40]}@eml.wxarchive.invalid>"
 
 
-def build_eml(sl: Slice, directory: Directory, archive_id: str, read_blob: Callable[[str], bytes]) -> EmailMessage:
+def build_eml(sl: Slice, directory: Directory, archive_id: str, read_blob: Callable[[str], bytes],
+              tz: str = "UTC") -> EmailMessage:
     conv = sl.conversation
     link_quotes(sl, directory)
     ids = members(sl)
@@ -67,8 +69,9 @@ def build_eml(sl: Slice, directory: Directory, archive_id: str, read_blob: Calla
     msg["Subject"] = f"[{PRODUCT.get(conv.platform, conv.platform)}] {title} {day}".strip() + (
         f" (part {sl.part})" if sl.part > 1 and sl.day is None else "")
     stamp = next((m["sent_at_ms"] for m in sl.messages if m["sent_at_ms"] is not None), None)
-    msg["Date"] = format_datetime(datetime.fromtimestamp(stamp / 1000, timezone.utc)) if stamp is not None else \
-        format_datetime(datetime.now(timezone.utc))
+    zone = ZoneInfo(tz)  # the Date header in the zone the body's times are shown in
+    msg["Date"] = format_datetime(datetime.fromtimestamp(stamp / 1000, zone)) if stamp is not None else \
+        format_datetime(datetime.now(zone))
     msg["Message-ID"] = message_id(sl)
     msg["X-GlobalRelay-MsgType"] = PRODUCT.get(conv.platform, conv.platform)
     msg["Auto-Submitted"] = "auto-generated"
@@ -130,7 +133,7 @@ def export_eml(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz: 
     engine, directory, total = sel.engine, sel.directory, sel.total
     res = EmlResult(out)
     for sl in eml_slices(engine, q, directory, tz, per=per):
-        msg = build_eml(sl, directory, archive.archive_id, archive.blobs.get)
+        msg = build_eml(sl, directory, archive.archive_id, archive.blobs.get, tz)
         conv = sl.conversation
         day = sl.day or (sl.messages[0]["sent_at"] or "undated")[:10]
         name = f"{safe_name(directory.title(conv, members(sl)), limit=50)}_{conv.key}_{day}_{res.emls + 1:06d}.eml"

@@ -161,7 +161,7 @@ def journal_smtp(archive, q: Query, target: SmtpTarget, *, tz: str = "UTC", per:
             return False
 
         for sl in eml_slices(engine, q, directory, tz, per=per, skip=skip):
-            msg = build_eml(sl, directory, archive.archive_id, archive.blobs.get)
+            msg = build_eml(sl, directory, archive.archive_id, archive.blobs.get, tz)
             data = msg.as_bytes()
             refused: dict = {}
             for attempt in range(1, attempts + 1):
