@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
-from wxarchive.capture.wecom import protobuf
+from wxarchive.capture import protobuf
 from wxarchive.capture.wecom.decrypt import (
     KeyLoadError,
     KeyRing,

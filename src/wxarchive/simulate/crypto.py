@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import padding as asympadding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from wxarchive.capture.wecom import protobuf
+from wxarchive.capture import protobuf
 
 _B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 

@@ -13,7 +13,7 @@ import binascii
 from cryptography.hazmat.primitives import padding as sympadding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from wxarchive.capture.wecom import protobuf
+from wxarchive.capture import protobuf
 
 _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _TO_ZERO = bytes.maketrans(bytes(b for b in range(256) if b not in _B64), b"A" * (256 - len(_B64)))

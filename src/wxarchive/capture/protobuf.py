@@ -1,10 +1,13 @@
-"""The few protobuf messages WeCom's archive crypto uses (SdkKeyInfo, MsgSdkFileId).
+"""The few protobuf messages capture needs: WeCom's archive crypto (SdkKeyInfo,
+MsgSdkFileId) and WeChat's Windows ``BytesExtra`` / ``RoomData`` blobs.
 
-Flat messages of varint and length-delimited fields only; a full protobuf runtime
-would be a large dependency for two three-field messages.
+Varint and length-delimited fields only (fixed32/64 are skipped); a full protobuf runtime
+would be a large dependency for a handful of small messages.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 
 class ProtobufError(ValueError):
@@ -52,7 +55,11 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def decode_fields(buf: bytes) -> dict[int, int | bytes]:
     """Decode a flat message; the last occurrence of a field wins (protobuf semantics)."""
-    fields: dict[int, int | bytes] = {}
+    return dict(iter_fields(buf))
+
+
+def iter_fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """Every (field number, value) in order, repeated fields included."""
     pos = 0
     while pos < len(buf):
         key, pos = _read_varint(buf, pos)
@@ -63,12 +70,12 @@ def decode_fields(buf: bytes) -> dict[int, int | bytes]:
             value, pos = _read_varint(buf, pos)
             if value >= 1 << 63:
                 value -= 1 << 64
-            fields[number] = value
+            yield number, value
         elif wire == 2:
             length, pos = _read_varint(buf, pos)
             if pos + length > len(buf):
                 raise ProtobufError("truncated field")
-            fields[number] = buf[pos : pos + length]
+            yield number, buf[pos : pos + length]
             pos += length
         elif wire == 5:
             pos += 4
@@ -78,4 +85,3 @@ def decode_fields(buf: bytes) -> dict[int, int | bytes]:
             raise ProtobufError(f"unsupported wire type {wire}")
         if pos > len(buf):
             raise ProtobufError("truncated field")
-    return fields

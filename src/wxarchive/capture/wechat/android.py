@@ -1,0 +1,167 @@
+"""Android WeChat: ``EnMicroMsg.db`` (SQLCipher compatibility 1), read with its ``-wal``.
+
+Key: the first 7 hex characters of ``md5(IMEI + uin)``. WeChat uses the fixed string
+``1234567890ABCDEF`` when it cannot read the IMEI (Android 10+), and a uin may be negative,
+so :func:`passphrases` lists every documented variant and the reader keeps the one that
+opens page 1 (fact sheet §1.2; cases W6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+from wxarchive.capture.wechat import sqlcipher
+from wxarchive.capture.wechat.records import (
+    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, make_record, text_factory,
+)
+from wxarchive.capture.wechat.sqlcipher import WeChatDbError
+
+DB_NAME = "EnMicroMsg.db"
+NO_IMEI = "1234567890ABCDEF"
+REQUIRED = {"msgId", "msgSvrId", "type", "isSend", "createTime", "talker", "content"}
+
+
+def passphrases(imei: str | None, uin: str) -> list[str]:
+    """Candidate 7-character passphrases, most likely first."""
+    uins = [uin.strip()]
+    try:
+        n = int(uins[0])
+        uins.append(str(n & 0xFFFFFFFF) if n < 0 else str(n - (1 << 32)) if n >= 1 << 31 else str(n))
+    except ValueError:
+        pass
+    imeis = [i for i in (imei.strip() if imei else None, NO_IMEI) if i]
+    out: list[str] = []
+    for i in imeis:
+        for u in uins:
+            p = hashlib.md5((i + u).encode()).hexdigest()[:7]
+            if p not in out:
+                out.append(p)
+    return out
+
+
+def find_db(path: Path) -> Path:
+    if path.is_file() or not path.exists():
+        return path
+    for candidate in [path / DB_NAME, *sorted(path.glob(f"*/{DB_NAME}")), *sorted(path.glob(f"*/*/{DB_NAME}"))]:
+        if candidate.is_file():
+            return candidate
+    raise WeChatDbError(f"{path}: no {DB_NAME} in this folder (give the database file or its account folder)")
+
+
+def pick_passphrase(db: Path, candidates: list[str]) -> str:
+    last = None
+    for p in candidates:
+        try:
+            sqlcipher.check(db, sqlcipher.ANDROID, p.encode())
+            return p
+        except WeChatDbError as e:
+            last = e
+            if "does not open" not in str(e):
+                raise
+    raise WeChatDbError(f"{db}: none of the {len(candidates)} keys derived from the IMEI and uin opens it "
+                        "(tried the IMEI as given and 1234567890ABCDEF, the uin signed and unsigned)") from last
+
+
+class AndroidReader:
+    format = "android"
+
+    def __init__(self, path: Path, passphrase: str, account: str | None = None):
+        self.path = find_db(path)
+        self._stack = ExitStack()
+        self.conn = self._stack.enter_context(sqlcipher.open_db(self.path, sqlcipher.ANDROID, passphrase.encode()))
+        self.conn.text_factory = text_factory
+        self._check_schema()
+        info = dict(self.conn.execute("SELECT id, value FROM userinfo WHERE id IN (2, 4)").fetchall()) \
+            if self._has("userinfo") else {}
+        self.owner = account or info.get(2) or ""
+        if not self.owner:
+            raise WeChatDbError(f"{self.path}: userinfo has no own wxid (id 2); pass --account WXID")
+        self.owner_name = info.get(4)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _has(self, table: str) -> bool:
+        return sqlcipher.has_table(self.conn, table)
+
+    def _columns(self, table: str) -> set[str]:
+        return sqlcipher.columns(self.conn, table)
+
+    def _check_schema(self) -> None:
+        if not self._has("message"):
+            raise WeChatDbError(f"{self.path}: decrypts, but has no message table: not an EnMicroMsg.db")
+        missing = REQUIRED - self._columns("message")
+        if missing:
+            raise sqlcipher.schema_error(self.path, self.conn, "message", missing)
+
+    def contacts(self) -> dict[str, Contact]:
+        labels: dict[str, str] = {}
+        if self._has("ContactLabel"):
+            labels = {str(i): n for i, n in self.conn.execute("SELECT labelID, labelName FROM ContactLabel")}
+        cols = self._columns("rcontact") if self._has("rcontact") else set()
+        if not cols:
+            return {}
+        sel = sqlcipher.select_list(cols, ("username", "alias", "conRemark", "nickname", "contactLabelIds"))
+        out = {}
+        for u, alias, remark, nick, label_ids in self.conn.execute(f"SELECT {sel} FROM rcontact"):
+            if not u:
+                continue
+            names = [labels.get(x.strip(), x.strip()) for x in (label_ids or "").split(",") if x.strip()]
+            out[u] = Contact(id=u, nickname=nick or None, remark=remark or None, alias=alias or None, labels=names,
+                             kind=contact_kind(u))
+        return out
+
+    def groups(self) -> dict[str, Group]:
+        if not self._has("chatroom"):
+            return {}
+        out = {}
+        cols = self._columns("chatroom")
+        sel = sqlcipher.select_list(cols, ("chatroomname", "memberlist", "displayname", "roomowner"))
+        for name, members, display, owner in self.conn.execute(f"SELECT {sel} FROM chatroom"):
+            out[name] = Group(id=name, owner=owner or None, members=[m for m in (members or "").split(";") if m])
+        return out
+
+    def census(self) -> list[ConversationCensus]:
+        out: dict[str, ConversationCensus] = {}
+        q = ("SELECT talker, CASE WHEN createTime > 0 THEN date(createTime / 1000, 'unixepoch') END, count(*) "
+             "FROM message GROUP BY 1, 2")
+        for talker, day, n in self.conn.execute(q):
+            c = out.setdefault(talker or "", ConversationCensus(talker or ""))
+            c.total += n
+            c.per_day[day] = c.per_day.get(day, 0) + n
+        return list(out.values())
+
+    def rows(self, talker: str, after: dict[str, int]) -> Iterator[RawRow]:
+        key = f"{DB_NAME}|message|{talker}"
+        cur = self.conn.execute("SELECT * FROM message WHERE talker = ? AND msgId > ? ORDER BY msgId",
+                                (talker, after.get(key, 0)))
+        names = [d[0] for d in cur.description]
+        for values in cur:
+            row = dict(zip(names, values))
+            rec = make_record(self.format, DB_NAME, "message", talker, self.owner, row)
+            yield RawRow(key, row["msgId"], rec, self._voice(row))
+
+    def _voice(self, row: dict) -> list[Media]:
+        """``voice2/<h[0:2]>/<h[2:4]>/msg_<imgPath>.amr`` with ``h = md5(imgPath)`` beside the database."""
+        if (int(row.get("type") or 0) & 0xFFFF) != 34 or not row.get("imgPath"):
+            return []
+        stem = str(row["imgPath"])
+        if "/" in stem or "\\" in stem or stem.startswith("."):
+            return []  # a stem from the database never names another folder
+        h = hashlib.md5(stem.encode("utf-8", "surrogateescape")).hexdigest()
+        f = self.path.parent / "voice2" / h[:2] / h[2:4] / f"msg_{stem}.amr"
+        try:
+            data = f.read_bytes()
+        except OSError:
+            return []
+        return [Media("", "voice", data, "audio/amr" if data.startswith(b"#!AMR") else "audio/silk")]
+

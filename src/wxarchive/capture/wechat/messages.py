@@ -1,0 +1,198 @@
+"""A journaled WeChat row (``wechat.row``) → the canonical :class:`~wxarchive.model.Message`.
+
+Where each platform keeps what (fact sheet §0):
+
+=========  ==========================  ==========================  ======  ====================
+format     base / app subtype          body                        time    group sender
+=========  ==========================  ==========================  ======  ====================
+android    ``type & 0xFFFF`` / XML     ``content``                 ms      ``wxid:\\n`` prefix
+win3       ``Type`` / ``SubType``      ``StrContent`` or lz4       s       ``BytesExtra`` attr 1
+                                       ``CompressContent``
+v4         ``local_type`` low / high   ``message_content`` (zstd)  s       ``Name2Id`` (context)
+=========  ==========================  ==========================  ======  ====================
+
+The message id is the server id (``msgSvrId``/``MsgSvrID``/``server_id``) when there is one —
+the same message read from another shard, another copy or another WeChat generation of the
+same account is the same message — else a hash of chat, local id, time and type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from wxarchive.capture.wechat import payloads
+from wxarchive.capture.wechat.records import decode_value, local_key
+from wxarchive.model import Attachment, AttachmentState, Message
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+LZ4_MAX = 64 << 20
+
+
+class ParseError(ValueError):
+    """The row cannot become a message; the reason never quotes message text."""
+
+
+def _text(v: Any, flags: list[str]) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            flags.append("invalid_text")
+            return v.decode("utf-8", "replace")
+    return str(v)
+
+
+def lz4_block(data: bytes) -> bytes:
+    """An LZ4 block without a size header (Windows 3.x ``CompressContent``): the output size is
+    unknown, so the buffer grows until it fits (very repetitive XML compresses far beyond 4×)."""
+    import lz4.block
+
+    size = max(len(data) * 8, 4096)
+    while True:
+        try:
+            return lz4.block.decompress(data, uncompressed_size=size).rstrip(b"\x00")
+        except lz4.block.LZ4BlockError:
+            if size >= LZ4_MAX:
+                raise ParseError("CompressContent is not an LZ4 block (or decodes to more than 64 MiB)") from None
+            size *= 4
+
+
+def zstd(data: bytes) -> bytes:
+    import zstandard
+
+    try:
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=LZ4_MAX)
+    except zstandard.ZstdError as e:
+        raise ParseError(f"message_content is not a readable zstd frame ({e.__class__.__name__})") from None
+
+
+def bytes_extra_sender(blob: bytes) -> str | None:
+    """Attribute type 1 (the group sender) of a Windows 3.x ``BytesExtra`` protobuf."""
+    from wxarchive.capture.protobuf import ProtobufError, iter_fields as fields
+
+    try:
+        for num, val in fields(blob):
+            if num == 3 and isinstance(val, bytes):
+                attr = dict(fields(val))
+                if attr.get(1) == 1 and isinstance(attr.get(2), bytes):
+                    return attr[2].decode("utf-8", "replace") or None
+    except (ProtobufError, ValueError):
+        return None
+    return None
+
+
+def _split_prefix(body: str) -> tuple[str | None, str]:
+    """``"wxid_a:\\nhello"`` → ("wxid_a", "hello"); bodies without a prefix are returned whole."""
+    head, sep, rest = body.partition(":\n")
+    if sep and head and len(head) <= 80 and not any(c in head for c in " <\n\t\"'") and not head.startswith("http"):
+        return head, rest
+    return None, body
+
+
+def parse_row(data: bytes, source: str) -> Message:
+    try:
+        rec = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ParseError("not a wechat.row record (invalid JSON)") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("row"), dict):
+        raise ParseError("not a wechat.row record")
+    fmt = rec.get("format")
+    row = {k: decode_value(v) for k, v in rec["row"].items()}
+    try:
+        fields = _FORMATS[fmt](row, rec)
+    except KeyError as e:
+        if fmt not in _FORMATS:
+            raise ParseError(f"unknown record format {fmt!r}") from None
+        raise ParseError(f"{rec.get('file')}:{rec.get('table')}: column {e.args[0]} missing") from None
+    return _message(source, rec, *fields)
+
+
+def _android(row: dict[str, Any], rec: dict[str, Any]):
+    t = int(row["type"] or 0)
+    ms = row.get("createTime")
+    return (row.get("msgSvrId"), row["msgId"], t & 0xFFFF, None, t, ms if ms else None,
+            bool(row.get("isSend")), None, row.get("content"))
+
+
+def _win3(row: dict[str, Any], rec: dict[str, Any]):
+    flags = []
+    body = row.get("StrContent")
+    cc = row.get("CompressContent")
+    base, sub = int(row["Type"] or 0), row.get("SubType")
+    if isinstance(cc, bytes) and cc:
+        body = lz4_block(cc)
+        flags.append("from_compress_content")
+    extra = row.get("BytesExtra")
+    sender = bytes_extra_sender(extra) if isinstance(extra, bytes) and extra else None
+    s = row.get("CreateTime")
+    return (row.get("MsgSvrID"), row["localId"], base, sub if base == payloads.APP else None, f"{base}/{sub}",
+            s * 1000 if s else None, bool(row.get("IsSender")), sender, body, flags)
+
+
+def _v4(row: dict[str, Any], rec: dict[str, Any]):
+    lt = int(row["local_type"] or 0)
+    body = row.get("message_content")
+    flags = []
+    if isinstance(body, bytes) and body.startswith(ZSTD_MAGIC):
+        body = zstd(body)
+        flags.append("zstd")
+    s = row.get("create_time")
+    is_send = rec.get("sender") == rec.get("owner") if rec.get("sender") else None
+    return (row.get("server_id"), row["local_id"], lt & 0xFFFFFFFF, (lt >> 32) or None, lt,
+            s * 1000 if s else None, is_send, rec.get("sender"), body, flags)
+
+
+_FORMATS = {"android": _android, "win3": _win3, "v4": _v4}
+
+
+def _message(source: str, rec: dict[str, Any], server_id, local_id, base, sub, raw_type, sent_at, is_send,
+             sender, body, flags=None) -> Message:
+    flags = list(flags or [])
+    talker, owner = rec["talker"], rec["owner"]
+    group = talker.endswith("@chatroom")
+    text = _text(body, flags)
+    prefixed, stripped = _split_prefix(text) if group and base != payloads.SYSTEM else (None, text)
+    if prefixed:
+        text = stripped
+        sender = sender or prefixed
+    if is_send:
+        sender = owner
+    elif sender is None and not group:
+        sender = talker
+    if group and sender is None and base not in (payloads.SYSTEM, payloads.SYSMSG):
+        flags.append("sender_unknown")
+    if sent_at is None:
+        flags.append("unknown_time")
+    p = payloads.parse_body(base, sub, text)
+    flags.extend(p.flags)
+    if base == payloads.VOICE:
+        p.attachments = _voice_attachments(rec)
+    msgid = str(server_id) if server_id and int(server_id) > 0 else local_key(talker, local_id, sent_at, raw_type)
+    if sender is None and base in (payloads.SYSTEM, payloads.SYSMSG):
+        sender = None  # system events have no human actor; pat/revoke name theirs in content
+    content = dict(p.content)
+    content.update({"local_id": local_id, "file": rec.get("file"), "wechat_type": raw_type})
+    if group:
+        content["room_name"] = rec.get("room_name")
+    return Message(
+        source=source, msgid=msgid, conversation_id=talker, conversation_kind="group" if group else "direct",
+        kind=p.kind, source_type=f"wechat.{rec['format']}:{p.source_type}", action=p.action, sender=sender,
+        recipients=[] if group else [owner if sender != owner else talker], sent_at=sent_at,
+        seq=int(local_id) if local_id is not None else None, text=p.text, content=content,
+        attachments=p.attachments, reply_to=p.reply_to, recalls=p.recalls, flags=sorted(set(flags)),
+    )
+
+
+def _voice_attachments(rec: dict[str, Any]) -> list[Attachment]:
+    """Voice bytes travel beside the row (MediaMSG / media_0.db / voice2 files): the ingest
+    journals what it found for both paths, the SILK original and the WAV made from it."""
+    return [
+        Attachment(path="", kind="voice", media_type="audio/silk", state=AttachmentState.PENDING),
+        Attachment(path="wav", kind="voice_wav", media_type="audio/wav", state=AttachmentState.PENDING),
+    ]

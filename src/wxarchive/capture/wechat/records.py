@@ -1,0 +1,155 @@
+"""What the WeChat readers produce: the account, its contacts and groups, a census of every
+conversation, and raw rows — one database row exactly as stored, plus the context from
+other tables that parsing needs (the chat id of a 4.x table, a 4.x sender from ``Name2Id``).
+
+A raw row is journaled as JSON (``wechat.row``) before it is parsed. Values keep their
+SQLite storage class: integers and valid text as JSON, BLOBs as ``{"$b": base64}``, and TEXT
+that is not valid UTF-8 as ``{"$x": base64 of the stored bytes}`` — nothing is re-encoded
+or lost, so a parser fix can be replayed over the journal (``reindex``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+RECORD_FORMAT = 1
+
+
+@dataclass
+class Contact:
+    id: str  # wxid, "…@chatroom", "…@openim", "gh_…"
+    nickname: str | None = None
+    remark: str | None = None
+    alias: str | None = None  # the user-chosen WeChat ID
+    labels: list[str] = field(default_factory=list)  # label names
+    mobile: str | None = None  # where the database keeps one (4.x contact description, Android remark)
+    description: str | None = None
+    kind: str = "contact"  # contact | group | official | openim | stranger
+
+    @property
+    def name(self) -> str | None:
+        return self.remark or self.nickname or self.alias
+
+
+@dataclass
+class Group:
+    id: str
+    name: str | None = None
+    owner: str | None = None
+    members: list[str] = field(default_factory=list)
+    member_names: dict[str, str] = field(default_factory=dict)  # group nicknames
+
+
+@dataclass
+class ConversationCensus:
+    """How many messages one conversation has in this copy, per UTC day (``None``: no time)."""
+
+    talker: str
+    total: int = 0
+    per_day: dict[str | None, int] = field(default_factory=dict)
+
+
+@dataclass
+class Media:
+    path: str  # the attachment path it belongs to ("" = the message itself)
+    kind: str
+    data: bytes
+    media_type: str
+
+
+@dataclass
+class RawRow:
+    cursor_key: str  # "<file>|<table>|<talker>": the cursor holds the last local id per key
+    local_id: int
+    record: dict[str, Any]  # {"v", "format", "file", "table", "talker", "owner", "sender"?, "row"}
+    media: list[Media] = field(default_factory=list)
+
+
+class Reader(Protocol):
+    format: str
+    path: Any
+    owner: str
+    owner_name: str | None
+
+    def contacts(self) -> dict[str, Contact]: ...
+
+    def groups(self) -> dict[str, Group]: ...
+
+    def census(self) -> list[ConversationCensus]: ...
+
+    def rows(self, talker: str, after: dict[str, int]) -> Iterator[RawRow]: ...
+
+
+def text_factory(b: bytes) -> str:
+    """TEXT values as str; bytes that are not UTF-8 survive as lone surrogates (see encode_value)."""
+    return b.decode("utf-8", "surrogateescape")
+
+
+def encode_value(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return {"$b": base64.b64encode(v).decode()}
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return {"$x": base64.b64encode(v.encode("utf-8", "surrogateescape")).decode()}
+    return v
+
+
+def decode_value(v: Any) -> Any:
+    """Back to what SQLite held: int, float, None, str (valid text), or bytes (BLOB, or TEXT
+    that was not valid UTF-8 — the caller decides how to show it)."""
+    if isinstance(v, dict):
+        if "$b" in v:
+            return base64.b64decode(v["$b"])
+        if "$x" in v:
+            return base64.b64decode(v["$x"])
+    return v
+
+
+def encode_record(rec: dict[str, Any]) -> bytes:
+    return orjson.dumps(rec)
+
+
+def make_record(fmt: str, file: str, table: str, talker: str, owner: str, row: dict[str, Any],
+                **context: Any) -> dict[str, Any]:
+    rec = {"v": RECORD_FORMAT, "format": fmt, "file": file, "table": table, "talker": talker, "owner": owner,
+           "row": {k: encode_value(v) for k, v in row.items()}}
+    rec.update({k: v for k, v in context.items() if v is not None})
+    return rec
+
+
+def local_key(talker: str, local_id: Any, create_time: Any, type_: Any) -> str:
+    """The message id of a row without a server id (system and local rows)."""
+    h = hashlib.sha256(f"{talker}\x00{local_id}\x00{create_time}\x00{type_}".encode("utf-8", "surrogateescape"))
+    return "local:" + h.hexdigest()[:24]
+
+
+def day_of(seconds: int | None) -> str | None:
+    if not seconds or seconds <= 0:
+        return None
+    import time
+
+    return time.strftime("%Y-%m-%d", time.gmtime(seconds))
+
+
+SYSTEM_ACCOUNTS = {"filehelper", "weixin", "fmessage", "medianote", "floatbottle", "qqmail", "notifymessage",
+                   "newsapp", "tmessage", "qmessage", "qqsync", "brandsessionholder"}
+
+
+def contact_kind(u: str) -> str:
+    if u.endswith("@chatroom"):
+        return "group"
+    if u.endswith("@openim"):
+        return "openim"
+    if u.startswith("gh_"):
+        return "official"
+    if u in SYSTEM_ACCOUNTS:
+        return "system"
+    return "contact"

@@ -1,0 +1,220 @@
+"""Opening WeChat's encrypted SQLite databases, read-only, without a plaintext copy on disk.
+
+Three cipher profiles (facts: ``shared/docs/wechat-databases.md`` §1.2, §2.2, §3.2):
+
+========  =====  ============================  ======  =======
+profile   page   KDF                           HMAC    reserve
+========  =====  ============================  ======  =======
+android   1024   PBKDF2-HMAC-SHA1, 4,000       none    16
+win3      4096   PBKDF2-HMAC-SHA1, 64,000      SHA1    48
+v4        4096   PBKDF2-HMAC-SHA512, 256,000   SHA512  80
+========  =====  ============================  ======  =======
+
+Before SQLCipher is asked anything, :func:`check` reads page 1 and decides with
+``cryptography`` alone whether the file is whole, encrypted, and opened by this key (the
+HMAC of page 1 for win3/v4; the decrypted header's fixed bytes for android). That gives one
+clear line for a wrong key, a truncated file or a plain SQLite file, instead of SQLCipher's
+"file is not a database" halfway through a run.
+
+:func:`open_db` then copies the *encrypted* file and its ``-wal`` into a private temporary
+folder (the evidence on the device copy is never written to: SQLite would checkpoint or
+create ``-shm`` beside it) and opens the copy with the ``sqlcipher3`` wheel using the key
+derived here (``x'<key><salt>'``, so the KDF runs once). Pages are decrypted in SQLCipher's
+page cache; temporary tables live in memory. The folder is removed on close.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class WeChatDbError(Exception):
+    """A database cannot be read; the message is one line naming the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    page_size: int
+    kdf_hash: str
+    kdf_iter: int
+    hmac_hash: str | None
+    reserve: int
+    compatibility: int  # SQLCipher's cipher_compatibility with these parameters
+
+    @property
+    def hmac_size(self) -> int:
+        return hashlib.new(self.hmac_hash).digest_size if self.hmac_hash else 0
+
+
+ANDROID = Profile("android", 1024, "sha1", 4000, None, 16, 1)
+WIN3 = Profile("win3", 4096, "sha1", 64000, "sha1", 48, 3)
+V4 = Profile("v4", 4096, "sha512", 256000, "sha512", 80, 4)
+PROFILES = {p.name: p for p in (ANDROID, WIN3, V4)}
+
+
+def derive(profile: Profile, password: bytes, salt: bytes) -> bytes:
+    """The AES key SQLCipher derives from ``password`` for a file with this salt."""
+    return hashlib.pbkdf2_hmac(profile.kdf_hash, password, salt, profile.kdf_iter, 32)
+
+
+def _mac_key(profile: Profile, enc_key: bytes, salt: bytes) -> bytes:
+    return hashlib.pbkdf2_hmac(profile.hmac_hash, enc_key, bytes(b ^ 0x3A for b in salt), 2, 32)
+
+
+def _decrypt_page1(profile: Profile, page: bytes, enc_key: bytes) -> bytes:
+    iv = page[profile.page_size - profile.reserve: profile.page_size - profile.reserve + 16]
+    d = Cipher(algorithms.AES(enc_key), modes.CBC(iv)).decryptor()
+    return d.update(page[16: profile.page_size - profile.reserve]) + d.finalize()
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What :func:`check` learnt: the derived key, the salt and the page count in the header."""
+
+    enc_key: bytes
+    salt: bytes
+    pages_in_header: int
+
+
+def check(path: Path, profile: Profile, password: bytes) -> Opened:
+    """Whether ``path`` is a whole database of this profile that ``password`` opens.
+
+    Raises :class:`WeChatDbError` naming the file: missing, empty, plain SQLite, a size that
+    is no whole number of pages, page 1 not opened by the key, or fewer pages than the header
+    says (truncated; pages still in the ``-wal`` count)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            page = f.read(profile.page_size)
+    except FileNotFoundError:
+        raise WeChatDbError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise WeChatDbError(f"{path}: is a folder, not a database file") from None
+    except OSError as e:
+        raise WeChatDbError(f"{path}: cannot read ({e.strerror or e.__class__.__name__})") from None
+    if size == 0:
+        raise WeChatDbError(f"{path}: empty file")
+    if page.startswith(SQLITE_MAGIC):
+        raise WeChatDbError(f"{path}: a plain (unencrypted) SQLite file, not an encrypted WeChat database; "
+                            "give the database as it is on the device")
+    if len(page) < profile.page_size:
+        raise WeChatDbError(f"{path}: {size} bytes, less than one {profile.page_size}-byte page of a "
+                            f"{profile.name} database (truncated, or another format)")
+    salt = page[:16]
+    enc_key = derive(profile, password, salt)
+    if profile.hmac_hash:
+        end = profile.page_size - profile.reserve + 16
+        want = hmac.new(_mac_key(profile, enc_key, salt), page[16:end] + struct.pack("<I", 1),
+                        profile.hmac_hash).digest()
+        if not hmac.compare_digest(want, page[end: end + profile.hmac_size]):
+            raise WeChatDbError(f"{path}: the key does not open this database (page 1 fails its HMAC: "
+                                f"wrong key, or not a {profile.name} database)")
+    plain = _decrypt_page1(profile, page, enc_key)
+    # Offsets 16.. of the SQLite header: page size (big-endian; 1 means 65536), versions,
+    # reserved bytes, and the fixed payload fractions 64/32/32.
+    page_size = struct.unpack(">H", plain[0:2])[0]
+    if (page_size != profile.page_size or plain[2] not in (1, 2) or plain[3] not in (1, 2)
+            or plain[5:8] != b"\x40\x20\x20"):
+        if profile.hmac_hash:  # the HMAC matched, so the key is right but the contents are not SQLite
+            raise WeChatDbError(f"{path}: decrypts, but not to an SQLite database of the {profile.name} layout")
+        raise WeChatDbError(f"{path}: the key does not open this database (wrong key, or not a "
+                            f"{profile.name} database)")
+    if plain[4] != profile.reserve:
+        raise WeChatDbError(f"{path}: reserve of {plain[4]} bytes per page, expected {profile.reserve} for "
+                            f"{profile.name} (another WeChat generation? try another --format)")
+    pages_in_header = struct.unpack(">I", plain[12:16])[0]
+    change_counter, valid_for = struct.unpack(">I", plain[8:12])[0], struct.unpack(">I", plain[76:80])[0]
+    wal = Path(str(path) + "-wal")
+    if size % profile.page_size:
+        raise WeChatDbError(f"{path}: {size} bytes is not a whole number of {profile.page_size}-byte pages "
+                            "(truncated or damaged copy)")
+    if (change_counter == valid_for and pages_in_header > size // profile.page_size
+            and not (wal.exists() and wal.stat().st_size > 32)):
+        raise WeChatDbError(f"{path}: truncated: the header says {pages_in_header} pages, the file has "
+                            f"{size // profile.page_size}")
+    return Opened(enc_key, salt, pages_in_header)
+
+
+def _private_dir() -> Path:
+    base = os.environ.get("WXARCHIVE_TMP") or None
+    return Path(tempfile.mkdtemp(prefix="wxarchive-wechat-", dir=base))
+
+
+@contextmanager
+def open_db(path: Path, profile: Profile, password: bytes) -> Iterator:
+    """A read-only ``sqlcipher3`` connection on an encrypted copy of ``path`` (and its WAL).
+
+    Text columns come back as ``bytes`` (WeChat content is not always valid UTF-8: the
+    readers decide how to decode)."""
+    opened = check(path, profile, password)
+    try:
+        import sqlcipher3
+    except ImportError:  # pragma: no cover - the wheel is a dependency
+        raise WeChatDbError("reading WeChat databases needs the sqlcipher3 wheel (pip install sqlcipher3-binary)") from None
+    tmp = _private_dir()
+    conn = None
+    try:
+        copy = tmp / "db"
+        try:
+            shutil.copyfile(path, copy)
+            wal = Path(str(path) + "-wal")
+            if wal.exists():
+                shutil.copyfile(wal, tmp / "db-wal")
+        except OSError as e:
+            raise WeChatDbError(f"{path}: cannot copy for reading ({e.strerror or e.__class__.__name__})") from None
+        conn = sqlcipher3.connect(str(copy), check_same_thread=False)
+        conn.text_factory = bytes
+        conn.execute(f"PRAGMA key = \"x'{opened.enc_key.hex()}{opened.salt.hex()}'\"")
+        conn.execute(f"PRAGMA cipher_compatibility = {profile.compatibility}")
+        conn.execute(f"PRAGMA cipher_page_size = {profile.page_size}")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlcipher3.DatabaseError as e:
+            raise WeChatDbError(f"{path}: SQLCipher cannot read it after the key check ({e})") from None
+        conn.execute("PRAGMA query_only = 1")
+        yield conn
+    finally:
+        if conn is not None:
+            conn.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def database_error_types() -> tuple[type[BaseException], ...]:
+    """The exception types a read on an open connection can raise (for the readers to wrap)."""
+    import sqlcipher3
+
+    return (sqlcipher3.DatabaseError,)
+
+
+def has_table(conn, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() is not None
+
+
+def columns(conn, table: str) -> set[str]:
+    return {r[1] if isinstance(r[1], str) else r[1].decode() for r in conn.execute(f'PRAGMA table_info("{table}")')}
+
+
+def select_list(cols: set[str], wanted: tuple[str, ...]) -> str:
+    """The wanted columns, NULL for those this version's table lacks."""
+    return ", ".join(f'"{c}"' if c in cols else "NULL" for c in wanted)
+
+
+def schema_error(path, conn, table: str, missing: set[str]) -> WeChatDbError:
+    ver = conn.execute("PRAGMA user_version").fetchone()[0]
+    return WeChatDbError(f"{path}: table {table} lacks {', '.join(sorted(missing))} (schema version {ver}): "
+                         "written by a WeChat version this importer does not know")

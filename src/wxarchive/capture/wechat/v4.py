@@ -1,0 +1,151 @@
+"""WeChat 4.x (Windows, macOS, Linux): ``db_storage/message/message_N.db`` shards.
+
+Each chat has its own table ``Msg_<md5(chat id)>`` in whichever shards cover its time span;
+the sender is ``real_sender_id`` → ``Name2Id.rowid`` *of the same shard*; ``local_type`` is
+64-bit with the app-message subtype in the high 32 bits (filtering on ``= 49`` misses app
+messages, case W2); ``message_content`` is zstd when it starts with the zstd magic. Voice is
+in ``message/media_0.db`` (``VoiceInfo``), contacts in ``contact/contact.db``. SQLCipher 4
+defaults, one 32-byte key for every file of the account (fact sheet §3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+from wxarchive.capture.wechat import sqlcipher
+from wxarchive.capture.wechat.records import (
+    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, make_record, text_factory,
+)
+from wxarchive.capture.wechat.windows import room_members
+from wxarchive.capture.wechat.sqlcipher import WeChatDbError
+
+REQUIRED = {"local_id", "server_id", "local_type", "real_sender_id", "create_time", "message_content"}
+_SHARD = re.compile(r"^message_(\d+)\.db$")
+_ACCOUNT_DIR = re.compile(r"^(.+)_[0-9a-fA-F]{4}$")
+
+
+def find_storage(path: Path) -> Path:
+    for candidate in (path, path / "db_storage"):
+        if (candidate / "message").is_dir():
+            return candidate
+    if not path.exists():
+        raise WeChatDbError(f"{path}: no such folder")
+    raise WeChatDbError(f"{path}: not a WeChat 4.x db_storage folder (no message/ in it or in db_storage/)")
+
+
+class V4Reader:
+    format = "v4"
+
+    def __init__(self, path: Path, key: bytes, account: str | None = None):
+        self.path = find_storage(path)
+        folder = self.path.resolve().parent.name
+        m = _ACCOUNT_DIR.match(folder)
+        self.owner = account or (m.group(1) if m else "")
+        if not self.owner:
+            raise WeChatDbError(f"{self.path}: cannot tell the account from the folder name {folder!r} "
+                                "(expected <wxid>_<4 hex>); pass --account WXID")
+        self.owner_name = None
+        msg_dir = self.path / "message"
+        files = sorted(((int(mm.group(1)), p) for p in msg_dir.glob("message_*.db") if (mm := _SHARD.match(p.name))))
+        if not files:
+            raise WeChatDbError(f"{msg_dir}: no message_0.db … message_N.db")
+        self._stack = ExitStack()
+        try:
+            self.shards = []  # (file, conn, {rowid: user_name}, {table: talker})
+            for _, f in files:
+                conn = self._open(f, key)
+                if not sqlcipher.has_table(conn, "Name2Id"):
+                    raise WeChatDbError(f"{f}: decrypts, but has no Name2Id table: not a WeChat 4.x message shard")
+                names = {rid: u for rid, u in conn.execute("SELECT rowid, user_name FROM Name2Id")}
+                by_md5 = {hashlib.md5(u.encode("utf-8", "surrogateescape")).hexdigest(): u for u in names.values() if u}
+                tables = {}
+                for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'Msg\\_%' ESCAPE '\\'"):
+                    missing = REQUIRED - sqlcipher.columns(conn, t)
+                    if missing:
+                        raise sqlcipher.schema_error(f, conn, t, missing)
+                    tables[t] = by_md5.get(t[4:].lower(), f"unknown:{t[4:]}")
+                self.shards.append((f"message/{f.name}", conn, names, tables))
+            contact = self.path / "contact" / "contact.db"
+            self.contact = self._open(contact, key) if contact.exists() else None
+            media = msg_dir / "media_0.db"
+            self.media = self._open(media, key) if media.exists() else None
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _open(self, f: Path, key: bytes):
+        conn = self._stack.enter_context(sqlcipher.open_db(f, sqlcipher.V4, key))
+        conn.text_factory = text_factory
+        return conn
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def contacts(self) -> dict[str, Contact]:
+        c = self.contact
+        if c is None or not sqlcipher.has_table(c, "contact"):
+            return {}
+        cols = sqlcipher.columns(c, "contact")
+        labels = {}
+        if sqlcipher.has_table(c, "contact_label"):
+            labels = {str(i): n for i, n in c.execute("SELECT label_id_, label_name_ FROM contact_label")}
+        sel = sqlcipher.select_list(cols, ("username", "alias", "remark", "nick_name", "description", "label_id_list"))
+        out = {}
+        for u, alias, remark, nick, desc, label_ids in c.execute(f"SELECT {sel} FROM contact"):
+            if u:
+                names = [labels.get(x.strip(), x.strip()) for x in (label_ids or "").split(",") if x.strip()]
+                out[u] = Contact(u, nickname=nick or None, remark=remark or None, alias=alias or None,
+                                 description=desc or None, labels=names, kind=contact_kind(u))
+        return out
+
+    def groups(self) -> dict[str, Group]:
+        c = self.contact
+        if c is None or not sqlcipher.has_table(c, "chat_room"):
+            return {}
+        out = {}
+        for rid, name, owner, ext in c.execute("SELECT id, username, owner, ext_buffer FROM chat_room"):
+            names = room_members(ext) if isinstance(ext, bytes) else {}
+            out[name] = Group(name, owner=owner or None, members=list(names), member_names={k: v for k, v in names.items() if v})
+        return out
+
+    def census(self) -> list[ConversationCensus]:
+        out: dict[str, ConversationCensus] = {}
+        for _, conn, _, tables in self.shards:
+            for t, talker in tables.items():
+                q = (f'SELECT CASE WHEN create_time > 0 THEN date(create_time, \'unixepoch\') END, count(*) '
+                     f'FROM "{t}" GROUP BY 1')
+                c = out.setdefault(talker, ConversationCensus(talker))
+                for day, n in conn.execute(q):
+                    c.total += n
+                    c.per_day[day] = c.per_day.get(day, 0) + n
+        return list(out.values())
+
+    def rows(self, talker: str, after: dict[str, int]) -> Iterator[RawRow]:
+        for file, conn, names, tables in self.shards:
+            for t, who in tables.items():
+                if who != talker:
+                    continue
+                key = f"{file}|{t}|{talker}"
+                cur = conn.execute(f'SELECT * FROM "{t}" WHERE local_id > ? ORDER BY local_id', (after.get(key, 0),))
+                cols = [d[0] for d in cur.description]
+                for values in cur:
+                    row = dict(zip(cols, values))
+                    rec = make_record(self.format, file, t, talker, self.owner, row,
+                                      sender=names.get(row["real_sender_id"]))
+                    yield RawRow(key, row["local_id"], rec, self._voice(row))
+
+    def _voice(self, row: dict) -> list[Media]:
+        if (int(row.get("local_type") or 0) & 0xFFFFFFFF) != 34 or self.media is None or not row.get("server_id"):
+            return []
+        got = self.media.execute("SELECT voice_data FROM VoiceInfo WHERE svr_id = ?", (row["server_id"],)).fetchone()
+        return [Media("", "voice", bytes(got[0]), "audio/silk")] if got and got[0] else []

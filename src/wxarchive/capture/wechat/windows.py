@@ -1,0 +1,159 @@
+"""Windows WeChat 3.x: ``Msg/Multi/MSG0..N.db`` + ``Msg/MicroMsg.db`` + ``Msg/Multi/MediaMSG*.db``.
+
+One 32-byte key opens every database of the account (SQLCipher 3 parameters with 4096-byte
+pages, fact sheet §2.2). Shards may differ in their columns (case W4): each shard's ``MSG``
+columns are read as they are, and only a column the mapping truly needs is an error, naming
+the shard. The group sender is in ``BytesExtra`` and app-message XML often only in lz4
+``CompressContent`` — both kept in the raw row and decoded by the parser.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+from wxarchive.capture.protobuf import ProtobufError, iter_fields
+from wxarchive.capture.wechat import sqlcipher
+from wxarchive.capture.wechat.records import (
+    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, make_record, text_factory,
+)
+from wxarchive.capture.wechat.sqlcipher import WeChatDbError
+
+REQUIRED = {"localId", "MsgSvrID", "Type", "SubType", "IsSender", "CreateTime", "StrTalker", "StrContent"}
+_SHARD = re.compile(r"^MSG(\d+)\.db$")
+_MEDIA = re.compile(r"^MediaMSG(\d+)\.db$")
+
+
+def find_msg_dir(path: Path) -> Path:
+    for candidate in (path, path / "Msg"):
+        if (candidate / "MicroMsg.db").is_file() or (candidate / "Multi").is_dir():
+            return candidate
+    if not path.exists():
+        raise WeChatDbError(f"{path}: no such folder")
+    raise WeChatDbError(f"{path}: not a WeChat 3.x Msg folder (no MicroMsg.db or Multi/ in it or in Msg/)")
+
+
+def _numbered(folder: Path, pattern: re.Pattern) -> list[Path]:
+    found = [(int(m.group(1)), p) for p in folder.glob("*.db") if (m := pattern.match(p.name))] if folder.is_dir() else []
+    return [p for _, p in sorted(found)]
+
+
+def room_members(blob: bytes) -> dict[str, str]:
+    """RoomData protobuf: repeated field 1 = {1: username, 2: display name in the group}."""
+    out: dict[str, str] = {}
+    try:
+        for num, val in iter_fields(blob):
+            if num == 1 and isinstance(val, bytes):
+                m = dict(iter_fields(val))
+                if isinstance(m.get(1), bytes):
+                    out[m[1].decode("utf-8", "replace")] = m[2].decode("utf-8", "replace") if isinstance(m.get(2), bytes) else ""
+    except ProtobufError:
+        return out
+    return out
+
+
+class WindowsReader:
+    format = "win3"
+
+    def __init__(self, path: Path, key: bytes, account: str | None = None):
+        self.path = find_msg_dir(path)
+        self.owner = account or self.path.resolve().parent.name
+        if not self.owner or self.owner in (".", "/"):
+            raise WeChatDbError(f"{self.path}: cannot tell the account from the folder name; pass --account WXID")
+        self.owner_name = None
+        shard_files = _numbered(self.path / "Multi", _SHARD)
+        if not shard_files:
+            raise WeChatDbError(f"{self.path}: no Multi/MSG0.db … MSGn.db (an old data folder without Multi/ "
+                                "keeps its messages elsewhere and is not supported)")
+        self._stack = ExitStack()
+        try:
+            self.shards = []
+            for f in shard_files:
+                conn = self._open(f, key)
+                if not sqlcipher.has_table(conn, "MSG"):
+                    raise WeChatDbError(f"{f}: decrypts, but has no MSG table: not a WeChat 3.x message shard")
+                cols = sqlcipher.columns(conn, "MSG")
+                if REQUIRED - cols:
+                    raise sqlcipher.schema_error(f, conn, "MSG", REQUIRED - cols)
+                self.shards.append((f"Multi/{f.name}", conn))
+            micro = self.path / "MicroMsg.db"
+            self.micro = self._open(micro, key) if micro.exists() else None
+            self.media = [self._open(f, key) for f in _numbered(self.path / "Multi", _MEDIA)]
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _open(self, f: Path, key: bytes):
+        conn = self._stack.enter_context(sqlcipher.open_db(f, sqlcipher.WIN3, key))
+        conn.text_factory = text_factory
+        return conn
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def contacts(self) -> dict[str, Contact]:
+        c = self.micro
+        if c is None or not sqlcipher.has_table(c, "Contact"):
+            return {}
+        labels = {}
+        if sqlcipher.has_table(c, "ContactLabel"):
+            labels = {str(i): n for i, n in c.execute("SELECT LabelId, LabelName FROM ContactLabel")}
+        sel = sqlcipher.select_list(sqlcipher.columns(c, "Contact"), ("UserName", "Alias", "Remark", "NickName", "LabelIDList"))
+        out = {}
+        for u, alias, remark, nick, label_ids in c.execute(f"SELECT {sel} FROM Contact"):
+            if u:
+                names = [labels.get(x.strip(), x.strip()) for x in (label_ids or "").split(",") if x.strip()]
+                out[u] = Contact(u, nickname=nick or None, remark=remark or None, alias=alias or None, labels=names,
+                                 kind=contact_kind(u))
+        return out
+
+    def groups(self) -> dict[str, Group]:
+        c = self.micro
+        if c is None or not sqlcipher.has_table(c, "ChatRoom"):
+            return {}
+        sel = sqlcipher.select_list(sqlcipher.columns(c, "ChatRoom"), ("ChatRoomName", "UserNameList", "Reserved2", "RoomData"))
+        out = {}
+        for name, members, owner, data in c.execute(f"SELECT {sel} FROM ChatRoom"):
+            names = room_members(data) if isinstance(data, bytes) else {}
+            out[name] = Group(name, owner=owner or None, members=[m for m in (members or "").split("^G") if m],
+                              member_names={k: v for k, v in names.items() if v})
+        return out
+
+    def census(self) -> list[ConversationCensus]:
+        out: dict[str, ConversationCensus] = {}
+        q = ("SELECT StrTalker, CASE WHEN CreateTime > 0 THEN date(CreateTime, 'unixepoch') END, count(*) "
+             "FROM MSG GROUP BY 1, 2")
+        for _, conn in self.shards:
+            for talker, day, n in conn.execute(q):
+                c = out.setdefault(talker or "", ConversationCensus(talker or ""))
+                c.total += n
+                c.per_day[day] = c.per_day.get(day, 0) + n
+        return list(out.values())
+
+    def rows(self, talker: str, after: dict[str, int]) -> Iterator[RawRow]:
+        for file, conn in self.shards:
+            key = f"{file}|MSG|{talker}"
+            cur = conn.execute("SELECT * FROM MSG WHERE StrTalker = ? AND localId > ? ORDER BY localId",
+                               (talker, after.get(key, 0)))
+            names = [d[0] for d in cur.description]
+            for values in cur:
+                row = dict(zip(names, values))
+                rec = make_record(self.format, file, "MSG", talker, self.owner, row)
+                yield RawRow(key, row["localId"], rec, self._voice(row))
+
+    def _voice(self, row: dict) -> list[Media]:
+        if row.get("Type") != 34 or not row.get("MsgSvrID"):
+            return []
+        for conn in self.media:
+            got = conn.execute("SELECT Buf FROM Media WHERE Reserved0 = ?", (row["MsgSvrID"],)).fetchone()
+            if got and got[0]:
+                return [Media("", "voice", bytes(got[0]), "audio/silk")]
+        return []
