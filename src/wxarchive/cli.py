@@ -83,8 +83,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from wxarchive.archive.audit import AuditError
     from wxarchive.archive.retention import RetentionError
     from wxarchive.capture.jsonl import ImportError_
+    from wxarchive.capture.wechat.policy import PolicyError
+    from wxarchive.capture.wechat.sqlcipher import WeChatDbError
 
-    return (ImportError_, cfg.ConfigError, ArchiveError, AuditError, RetentionError, CatalogError, BlobError, JournalError, KeyError_, KeyLoadError, SdkError,
+    return (ImportError_, PolicyError, WeChatDbError, cfg.ConfigError, ArchiveError, AuditError, RetentionError, CatalogError, BlobError, JournalError, KeyError_, KeyLoadError, SdkError,
             SdkLoadError, CaptureError, QueryError)
 
 
@@ -151,6 +153,25 @@ def simulate_wecom(
                                   progress=lambda n: bar.update(task, completed=n))
     out.print(f"simulated tenant written to {directory}")
     out.print(summary if isinstance(summary, str) else getattr(summary, "__dict__", summary), highlight=False)
+
+
+@simulate_app.command("wechat")
+def simulate_wechat(
+    directory: Path = typer.Argument(..., help="Where to write the device copy."),
+    fmt: str = typer.Option("v4", "--format", help="android | win3 | v4"),
+    messages: int = typer.Option(0, "--messages", "-n", min=0, help="Extra everyday messages beyond the fixed scenario."),
+    extra: int = typer.Option(0, "--extra", min=0, help="Newer messages on top (a later copy of the same device)."),
+    seed: int = typer.Option(7, "--seed", help="Same seed, same databases."),
+) -> None:
+    """Write a simulated managed device: encrypted WeChat databases, key, policy and answer key."""
+    from wxarchive.simulate.wechat import generate_device
+
+    if fmt not in ("android", "win3", "v4"):
+        fail(f"--format {fmt!r}: expected android, win3 or v4")
+    answer = generate_device(directory, fmt, messages=messages, extra=extra, seed=seed)
+    out.print(f"simulated {fmt} device written to {directory}: {answer['total']} messages "
+              f"({answer['work']} work, {answer['personal']} personal); key in {directory / 'key.txt'}, "
+              f"policy in {directory / 'policy.toml'}; databases under {answer['device']}", highlight=False)
 
 
 @simulate_app.command("serve")
@@ -258,6 +279,78 @@ def ingest_wecom(
         highlight=False,
     )
     if result.status not in ("ok", "stopped"):
+        fail(result.error or result.status, 1)
+
+
+@ingest_app.command("wechat")
+def ingest_wechat_cmd(
+    path: Path = typer.Argument(..., help="The device copy: EnMicroMsg.db or its folder (android), the Msg folder "
+                                          "or its account folder (win3), db_storage or its account folder (v4)."),
+    fmt: str = typer.Option(..., "--format", help="android | win3 | v4"),
+    key: Optional[str] = typer.Option(None, "--key", help="Key as hex (visible to other users of this machine: "
+                                                          "prefer --key-file or env WXARCHIVE_WECHAT_KEY)."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="File holding the key as hex."),
+    imei: Optional[str] = typer.Option(None, "--imei", help="Android: the device IMEI (1234567890ABCDEF is tried too)."),
+    uin: Optional[str] = typer.Option(None, "--uin", help="Android: the account uin (may be negative)."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="TOML policy: which chats are work."),
+    account: Optional[str] = typer.Option(None, "--account", help="The device owner's wxid, when the folder does not tell."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List every conversation, its size and what the policy "
+                                                          "would do; archive nothing."),
+) -> None:
+    """Archive the work chats of a WeChat account from its (encrypted) databases."""
+    from wxarchive.capture.wechat import open_reader, parse_key
+    from wxarchive.capture.wechat.policy import load as load_policy
+    from wxarchive.ingest_wechat import ingest_wechat, plan
+
+    if fmt not in ("android", "win3", "v4"):
+        fail(f"--format {fmt!r}: expected android, win3 or v4")
+    if policy_file is None and not dry_run:
+        fail("no --policy: nothing is captured without one (run with --dry-run to list the conversations, "
+             "then write a policy; see docs/wechat.md)")
+    policy = load_policy(policy_file) if policy_file else None
+    given = [x for x in (key, key_file) if x]
+    if len(given) > 1:
+        fail("give the key once: --key or --key-file")
+    text = key if key else cfg.read_secret_file(key_file, "--key-file") if key_file else os.environ.get("WXARCHIVE_WECHAT_KEY")
+    what = "--key" if key else f"--key-file {key_file}" if key_file else "WXARCHIVE_WECHAT_KEY"
+    material = parse_key(fmt, text, what) if text else None
+    reader = open_reader(fmt, path, key=material, imei=imei, uin=uin, account=account)
+    with reader:
+        if dry_run:
+            plans, _, _ = plan(reader, policy)
+            t = Table("conversation", "name", "kind", "messages", "policy", "why", title=f"{reader.path} ({fmt}, account "
+                      f"{safe(reader.owner)})")
+            for p in plans:
+                t.add_row(safe(p.talker), safe(p.name or ""), p.kind, str(p.messages),
+                          "work" if p.decision.work else "personal", p.decision.reason)
+            out.print(t)
+            work = sum(p.messages for p in plans if p.decision.work)
+            total = sum(p.messages for p in plans)
+            out.print(f"{len(plans)} conversations, {total} messages: {work} would be captured, {total - work} "
+                      f"excluded as personal (dry run: nothing archived)", highlight=False)
+            return
+        archive, _ = _open_archive(create=True)
+        _setup_logging(state.home)
+        try:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                          transient=True) as bar:
+                task = bar.add_task("reading", total=None)
+
+                def progress(event: str, info: dict) -> None:
+                    bar.update(task, description=f"read {info['pulled']}  archived {info['archived']}  "
+                                                 f"dup {info['duplicates']}  quarantined {info['quarantined']}")
+
+                result = ingest_wechat(archive, reader, policy, progress)
+        finally:
+            archive.close()
+    c = result.counts
+    out.print(f"run {result.run_id} {result.status}: {result.work_conversations} work conversations read, "
+              f"{c['pulled']} messages, archived {c['archived']}, duplicates {c['duplicates']}, quarantined "
+              f"{c['quarantined']}; {result.personal_conversations} personal conversations with {c['excluded']} "
+              f"messages excluded; media {result.media or 'none'}", highlight=False)
+    if result.status != "ok":
         fail(result.error or result.status, 1)
 
 

@@ -160,6 +160,17 @@ def apply(archive: Archive, entries: list[Entry], parsed: dict[int, tuple[Messag
                 b.run_start(e.serial, m["source"], e.time, m.get("cursor"))
             elif e.kind == "run.end":
                 b.run_end(m["run"], e.time, m["status"], m.get("error"), m.get("counts", {}), m.get("cursor"))
+            elif e.kind == "wechat.row":
+                msg, err = parsed.get(e.serial) or _parse_wechat(e)
+                if msg is None:
+                    b.record(m["source"], m["key"], e.kind, e.serial, m.get("cursor"), "quarantined", err)
+                else:
+                    b.message(msg, e.serial, e.serial)
+                    b.record(m["source"], m["key"], e.kind, e.serial, m.get("cursor"), "archived")
+            elif e.kind == "wechat.directory":
+                _apply_wechat_directory(b, e)
+            elif e.kind == "wechat.census":
+                b.census(m["source"], m, e.serial, e.time)
             elif e.kind == "wecom.directory":
                 _apply_directory(b, e)
             elif e.kind == "directory.import":
@@ -183,6 +194,30 @@ def _apply_directory(b, e: Entry) -> None:
             b.group_title(src, obs[1], obs[2])
         elif obs[0] == "consent":
             b.consent(src, obs[1], obs[2], obs[3], obs[4], e.meta.get("fetched_at", e.time), e.serial)
+
+
+def _parse_wechat(e: Entry) -> tuple[Message | None, str | None]:
+    from wxarchive.capture.wechat.messages import ParseError as WeChatParseError, parse_row
+
+    try:
+        return parse_row(e.data, e.meta["source"]), None
+    except WeChatParseError as err:
+        return None, f"parse: {err}"
+
+
+def _apply_wechat_directory(b, e: Entry) -> None:
+    """Names of a device's work contacts and groups, as the device had them when read."""
+    src, at = e.meta["source"], e.meta.get("fetched_at", e.time)
+    try:
+        d = json.loads(e.data)
+    except ValueError:
+        return
+    for p in d.get("people", []):
+        name = p.get("remark") or p.get("nickname") or p.get("alias")
+        kind = "employee" if p.get("kind") == "owner" else "external"
+        b.person(src, p["id"], "wechat", {"kind": kind, "name": name, "alias": p.get("alias")}, at, e.serial)
+    for g in d.get("groups", []):
+        b.group_title(src, g["id"], g.get("name"))
 
 
 def _apply_hr(b, e: Entry) -> None:
@@ -802,7 +837,7 @@ def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, 
             counts[src] = {"pulled": 0, "recovered": 0, "archived": 0, "duplicates": 0, "quarantined": 0}
             pending.append(Entry(runs[src], int(time.time() * 1000), "run.start", meta, b""))
         c = counts[src]
-        if e.kind == "wecom.chatdata":
+        if e.kind in ("wecom.chatdata", "wechat.row"):  # raw records: the unit of deduplication
             c["pulled"] += 1
             result.records += 1
             flush()
@@ -829,7 +864,7 @@ def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, 
         serial = j.append(e.kind, meta, e.data, at=e.time)
         if e.kind == "wecom.chatdata":
             new_raw[e.serial] = serial
-        elif e.kind == "wecom.message":
+        if e.kind in ("wecom.message", "wechat.row"):
             c["archived"] += 1
             result.messages += 1
         elif e.kind == "quarantine":

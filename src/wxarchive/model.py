@@ -124,10 +124,13 @@ class Participant:
     valid_to: int | None = None
 
 
-def participant_kind(user_id: str | None) -> str:
-    """Classify a WeCom id by its documented prefix."""
+def participant_kind(user_id: str | None, source: str | None = None) -> str:
+    """Classify an id: WeCom ids by their documented prefix; on a WeChat device
+    (source ``wechat:<owner wxid>``) the owner is the employee and everyone else external."""
     if not user_id:
         return "unknown"
+    if source and source.startswith("wechat:"):
+        return "employee" if user_id == source[7:] else "external"
     if user_id.startswith(("wm", "wo")):
         return "external"
     if user_id.startswith("wb"):

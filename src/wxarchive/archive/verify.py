@@ -474,7 +474,8 @@ class _CatalogCheck:
         self.messages = self.con.execute(
             "SELECT serial, source, msgid FROM messages ORDER BY serial")
         self.records = self.con.execute(
-            "SELECT raw_serial, source, key FROM records WHERE kind = 'wecom.chatdata' AND state != 'purged' "
+            "SELECT raw_serial, source, key FROM records WHERE kind IN ('wecom.chatdata', 'wechat.row') "
+            "AND state != 'purged' "
             "ORDER BY raw_serial")
         self.msg_row = next(self.messages, None)
         self.rec_row = next(self.records, None)
@@ -485,9 +486,10 @@ class _CatalogCheck:
     def feed(self, s: _Seen) -> None:
         if s.serial > self.applied:
             return
-        if s.kind == "wecom.message":
+        # a WeChat row is both: the raw record and the entry its message derives from
+        if s.kind in ("wecom.message", "wechat.row"):
             self.msg_row = self._join(self.messages, self.msg_row, s, "message")
-        elif s.kind == "wecom.chatdata":
+        if s.kind in ("wecom.chatdata", "wechat.row"):
             self.rec_row = self._join(self.records, self.rec_row, s, "raw record")
 
     def _join(self, cursor, row, s: _Seen, what: str):

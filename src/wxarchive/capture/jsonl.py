@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "wxarchive-export/1"
-KINDS = {"wecom.chatdata", "wecom.message", "media", "quarantine"}
+KINDS = {"wecom.chatdata", "wecom.message", "wechat.row", "media", "quarantine"}
 
 
 class ImportError_(Exception):

@@ -33,7 +33,7 @@ from wxarchive.export.manifest import ExportError, latest_checkpoint, manifest_p
 from wxarchive.search.query import Query, count, search
 
 FORMAT = "wxarchive-export/1"
-RECORD_KINDS = {"wecom.chatdata", "wecom.message", "media", "quarantine"}
+RECORD_KINDS = {"wecom.chatdata", "wecom.message", "wechat.row", "media", "quarantine"}
 __all__ = ["ExportError", "ExportResult", "export_jsonl", "manifest_payload", "FORMAT"]
 
 

@@ -266,7 +266,7 @@ class Batch:
                 m.source, m.msgid, m.seq, m.conversation_id, m.conversation_kind, m.sender,
                 _dumps(m.recipients), m.sent_at, m.kind.value, m.source_type, m.action, m.text,
                 _dumps(m.content), m.reply_to, m.recalls, _dumps(m.flags), raw, ser,
-                int(any(participant_kind(p) == "external" for p in (m.sender, *m.recipients))),
+                int(any(participant_kind(p, m.source) == "external" for p in (m.sender, *m.recipients))),
                 fts.folded_or_none(m.text),
             ))
             if cur.rowcount == 1:  # 0: already archived (idempotent re-apply)
@@ -354,7 +354,7 @@ class Batch:
         if agg:
             cur = self.conn.connection.driver_connection.cursor()
             cur.executemany(_UPSERT_PARTICIPANT, [
-                (src, pid, participant_kind(pid), *a) for (src, pid), a in agg.items()
+                (src, pid, participant_kind(pid, src), *a) for (src, pid), a in agg.items()
             ])
 
     # ---- the directory ------------------------------------------------------------
@@ -386,7 +386,7 @@ class Batch:
 
             self.conn.execute(
                 sqlite_insert(s.participants)
-                .values(source=source, id=pid, kind=vals["kind"] or participant_kind(pid), display_name=vals["name"],
+                .values(source=source, id=pid, kind=vals["kind"] or participant_kind(pid, source), display_name=vals["name"],
                         message_count=0)
                 .on_conflict_do_update(index_elements=["source", "id"], set_={"display_name": vals["name"]}))
 
@@ -400,7 +400,7 @@ class Batch:
 
         for fields, start, end in rows:
             vals = {k: fields.get(k) for k in self.PERSON_FIELDS}
-            vals["kind"] = vals["kind"] or participant_kind(pid)
+            vals["kind"] = vals["kind"] or participant_kind(pid, source)
             self.conn.execute(p.insert().values(source=source, person=pid, origin="hr", valid_from=start,
                                                 valid_to=end, serial=serial, **vals))
         current = [f for f, _, end in rows if end is None and f.get("name")]
@@ -456,6 +456,14 @@ class Batch:
                          m.sent_at or 0, 0)
 
     # ---- admin events (legal holds, purge tombstones) -------------------------------
+
+    def census(self, source: str, meta: dict[str, Any], serial: int, at: int) -> None:
+        """The latest census of a device copy: how many messages it held, captured and excluded
+        (personal) — counts only, per UTC day."""
+        value = json.dumps({**{k: v for k, v in meta.items() if k != "source"}, "serial": serial, "at": at},
+                           ensure_ascii=False)
+        self.conn.execute(sqlite_insert(s.meta).values(key=f"census:{source}", value=value)
+                          .on_conflict_do_update(index_elements=["key"], set_={"value": value}))
 
     def admin_event(self, kind: str, meta: dict[str, Any], serial: int, at: int) -> None:
         """What an administrative journal entry changes in the catalog (most change nothing)."""
@@ -540,6 +548,11 @@ class Batch:
         elif kind == "wecom.message":
             cur.execute("UPDATE messages SET serial = ?, raw_serial = ? WHERE source = ? AND msgid = ?",
                         (serial, meta.get("raw_serial"), meta["source"], meta["key"]))
+        elif kind == "wechat.row":
+            cur.execute("UPDATE records SET raw_serial = ? WHERE source = ? AND key = ?",
+                        (serial, meta["source"], meta["key"]))
+            cur.execute("UPDATE messages SET serial = ?, raw_serial = ? WHERE source = ? AND msgid = ?",
+                        (serial, serial, meta["source"], meta["key"]))
 
     def attachment_result(self, source: str, msgid: str, path: str, state: str, reason: str | None,
                           sha256: str | None, size: int | None) -> None:

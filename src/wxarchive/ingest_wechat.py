@@ -1,0 +1,247 @@
+"""Runs a WeChat device's databases into the archive (the WeChat half of ``ingest``).
+
+Order of durability, per chunk of rows of one work conversation:
+
+1. each row not yet archived (by message id: the server id, so the same message in two
+   shards, two copies or two WeChat generations is one message) is journaled as it was
+   stored (``wechat.row``); voice bytes found beside it become encrypted blobs and a
+   ``media`` entry each (the SILK original and a WAV made from it);
+2. the journal is fsynced, then the cursor (the last local id per shard, table and chat)
+   is journaled and fsynced;
+3. only then is the catalog updated, with the same ``apply`` that ``reindex`` uses.
+
+Personal conversations (everything the policy does not call work) are never read past
+their census: no row, no name, no text of theirs reaches the journal, the catalog or the
+logs. What is journaled of them is a count per UTC day (``wechat.census``), so that
+``captured + excluded = total`` can be checked for every copy of a database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from wxarchive.archive.archive import Archive
+from wxarchive.archive.journal import Entry
+from wxarchive.capture.wechat import messages as wmessages
+from wxarchive.capture.wechat import voice
+from wxarchive.capture.wechat.policy import Decision, Policy
+from wxarchive.capture.wechat.sqlcipher import WeChatDbError
+from wxarchive.capture.wechat.records import Contact, ConversationCensus, Group, RawRow, encode_record
+from wxarchive.ingest import apply
+from wxarchive.model import AttachmentState, Message
+
+log = logging.getLogger("wxarchive.ingest.wechat")
+
+ProgressFn = Callable[[str, dict[str, Any]], None]
+
+
+def _noop(event: str, info: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass
+class ConversationPlan:
+    talker: str
+    name: str | None
+    kind: str  # direct | group
+    messages: int
+    decision: Decision
+
+
+@dataclass
+class WeChatResult:
+    source: str
+    run_id: int = 0
+    status: str = "running"
+    error: str | None = None
+    counts: dict[str, int] = field(default_factory=lambda: {
+        "pulled": 0, "archived": 0, "duplicates": 0, "quarantined": 0, "excluded": 0})
+    media: dict[str, int] = field(default_factory=dict)
+    work_conversations: int = 0
+    personal_conversations: int = 0
+    total: int = 0
+
+
+def source_of(reader) -> str:
+    return f"wechat:{reader.owner}"
+
+
+def plan(reader, policy: Policy | None) -> tuple[list[ConversationPlan], dict[str, Contact], dict[str, Group]]:
+    """Every conversation of the copy with its message count and what the policy does with it."""
+    contacts, groups = reader.contacts(), reader.groups()
+    out = []
+    for c in sorted(reader.census(), key=lambda c: (-c.total, c.talker)):
+        d = policy.decide(c.talker, contacts, groups) if policy else Decision(False, "no policy")
+        who = contacts.get(c.talker)
+        out.append(ConversationPlan(c.talker, who.name if who else None,
+                                    "group" if c.talker.endswith("@chatroom") else "direct", c.total, d))
+    return out, contacts, groups
+
+
+def _census(reader, plans: list[ConversationPlan], census: list[ConversationCensus]) -> dict[str, Any]:
+    work = {p.talker for p in plans if p.decision.work}
+    days: dict[str, list[int]] = {}
+    for c in census:
+        for day, n in c.per_day.items():
+            d = days.setdefault(day or "unknown", [0, 0, 0])
+            d[0] += n
+            d[1 if c.talker in work else 2] += n
+    total = sum(c.total for c in census)
+    captured = sum(c.total for c in census if c.talker in work)
+    return {"format": reader.format, "device": str(reader.path), "total": total, "captured": captured,
+            "excluded": total - captured, "work_conversations": len(work),
+            "personal_conversations": len(census) - len(work), "days": dict(sorted(days.items()))}
+
+
+def _directory(reader, plans: list[ConversationPlan], contacts: dict[str, Contact], groups: dict[str, Group]) -> bytes:
+    """Names of the people and groups of *work* conversations only."""
+    work = [p.talker for p in plans if p.decision.work]
+    wanted = set(work) | {reader.owner}
+    for t in work:
+        if t in groups:
+            wanted.update(groups[t].members)
+    people = [{"id": c.id, "nickname": c.nickname, "remark": c.remark, "alias": c.alias, "labels": c.labels,
+               "kind": c.kind} for cid, c in sorted(contacts.items()) if cid in wanted and not cid.endswith("@chatroom")]
+    if reader.owner not in contacts:
+        people.append({"id": reader.owner, "nickname": reader.owner_name, "kind": "owner"})
+    rooms = [{"id": g.id, "name": (contacts[g.id].name if g.id in contacts else g.name), "members": g.members,
+              "member_names": g.member_names} for t in work if (g := groups.get(t))]
+    return json.dumps({"owner": reader.owner, "people": people, "groups": rooms}, ensure_ascii=False).encode()
+
+
+def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn = _noop, batch: int = 2000) -> WeChatResult:
+    source = source_of(reader)
+    result = WeChatResult(source)
+    j = archive.journal
+    cursor_text = archive.catalog.cursor(source)
+    cursor: dict[str, int] = json.loads(cursor_text) if cursor_text else {}
+    census = reader.census()
+    plans, contacts, groups = plan(reader, policy)
+    now = int(time.time() * 1000)
+    run_meta = {"source": source, "cursor": cursor_text, "pid": os.getpid(), "format": reader.format,
+                "device": str(reader.path)}
+    result.run_id = j.append("run.start", run_meta)
+    dmeta = {"source": source, "key": f"directory:{now}", "fetched_at": now, "device": str(reader.path)}
+    ddata = _directory(reader, plans, contacts, groups)
+    dserial = j.append("wechat.directory", dmeta, ddata)
+    c = _census(reader, plans, census)
+    result.total, result.counts["excluded"] = c["total"], c["excluded"]
+    result.work_conversations, result.personal_conversations = c["work_conversations"], c["personal_conversations"]
+    cmeta = {"source": source, **c}
+    cserial = j.append("wechat.census", cmeta)
+    j.sync()
+    apply(archive, [Entry(result.run_id, now, "run.start", run_meta, b""),
+                    Entry(dserial, now, "wechat.directory", dmeta, ddata),
+                    Entry(cserial, now, "wechat.census", cmeta, b"")])
+    log.info("wechat run %s: %d conversations (%d work), %d messages in the copy, %d excluded",
+             result.run_id, len(plans), result.work_conversations, result.total, result.counts["excluded"])
+    room_names = {g.id: (contacts[g.id].name if g.id in contacts else g.name) for g in groups.values()}
+    try:
+        for p in plans:
+            if not p.decision.work:
+                continue
+            chunk: list[RawRow] = []
+            for row in reader.rows(p.talker, cursor):
+                if p.kind == "group":
+                    row.record["room_name"] = room_names.get(p.talker)
+                chunk.append(row)
+                if len(chunk) >= batch:
+                    _chunk(archive, source, chunk, cursor, result, progress)
+                    chunk = []
+            if chunk:
+                _chunk(archive, source, chunk, cursor, result, progress)
+        result.status = "ok"
+    except WeChatDbError as e:
+        result.status, result.error = "failed", str(e)
+    except Exception as e:  # a read error in the middle of a database: the run ends, what was read stays
+        from wxarchive.capture.wechat.sqlcipher import database_error_types
+
+        if not isinstance(e, database_error_types()):
+            raise
+        result.status, result.error = "failed", f"{reader.path}: reading stopped: {e}"
+    finally:
+        end = {"source": source, "run": result.run_id, "status": result.status, "error": result.error,
+               "counts": result.counts, "cursor": archive.catalog.cursor(source)}
+        serial = j.append("run.end", end)
+        j.sync()
+        apply(archive, [Entry(serial, int(time.time() * 1000), "run.end", end, b"")])
+        log.info("wechat run %s ended %s: %s", result.run_id, result.status, result.counts)
+    return result
+
+
+def _chunk(archive: Archive, source: str, chunk: list[RawRow], cursor: dict[str, int], result: WeChatResult,
+           progress: ProgressFn) -> None:
+    j = archive.journal
+    datas = [encode_record(r.record) for r in chunk]
+    parsed: list[tuple[Message | None, str | None]] = []
+    keys = []
+    for d in datas:
+        try:
+            m = wmessages.parse_row(d, source)
+            parsed.append((m, None))
+            keys.append(m.msgid)
+        except wmessages.ParseError as e:
+            parsed.append((None, f"parse: {e}"))
+            keys.append("unparsed:" + hashlib.sha256(d).hexdigest()[:32])
+    known = archive.catalog.known_keys(source, keys)
+    rows_entries: list[Entry] = []
+    media: list[tuple[str, str, RawRow]] = []
+    by_serial: dict[int, tuple[Message | None, str | None]] = {}
+    seen: set[str] = set()
+    now = int(time.time() * 1000)
+    for row, data, key, (msg, err) in zip(chunk, datas, keys, parsed):
+        result.counts["pulled"] += 1
+        if key in known or key in seen:
+            result.counts["duplicates"] += 1
+            continue
+        seen.add(key)
+        meta = {"source": source, "key": key, "file": row.record.get("file"), "table": row.record.get("table"),
+                "cursor": f"{row.cursor_key}:{row.local_id}", "received_at": now}
+        serial = j.append("wechat.row", meta, data)
+        rows_entries.append(Entry(serial, now, "wechat.row", meta, data))
+        by_serial[serial] = (msg, err)
+        if msg is None:
+            result.counts["quarantined"] += 1
+            continue
+        result.counts["archived"] += 1
+        media.extend((key, a.path, row) for a in msg.attachments if a.state is AttachmentState.PENDING)
+    after = [_media(archive, source, key, path, row, result, now) for key, path, row in media]
+    for row in chunk:
+        cursor[row.cursor_key] = max(cursor.get(row.cursor_key, 0), int(row.local_id))
+    j.sync()  # rows and media before the cursor that covers them
+    cmeta = {"source": source, "cursor": json.dumps(cursor, sort_keys=True, separators=(",", ":"))}
+    cserial = j.append("cursor", cmeta)
+    j.sync()
+    apply(archive, rows_entries, by_serial)
+    apply(archive, after + [Entry(cserial, now, "cursor", cmeta, b"")])
+    progress("batch", dict(result.counts))
+
+
+def _media(archive: Archive, source: str, key: str, path: str, row: RawRow, result: WeChatResult, now: int) -> Entry:
+    """Store one attachment found beside the row and journal its outcome."""
+    found = {m.path: m for m in row.media}
+    meta: dict[str, Any] = {"source": source, "key": key, "path": path}
+    original = found.get("")
+    if original is None:
+        meta.update(state="missing", reason="no voice data for this message in the device's databases or files")
+    elif path == "":
+        meta.update(state="present", sha256=archive.blobs.put(original.data), size=len(original.data))
+    elif not voice.is_silk(original.data):
+        meta.update(state="missing", reason=f"the original is {original.media_type}, kept as it is (no conversion needed)")
+    else:
+        try:
+            wav = voice.silk_to_wav(original.data)
+        except voice.VoiceError as e:
+            meta.update(state="failed", reason=f"conversion to WAV: {e}")
+        else:
+            meta.update(state="present", sha256=archive.blobs.put(wav), size=len(wav))
+    result.media[meta["state"]] = result.media.get(meta["state"], 0) + 1
+    serial = archive.journal.append("media", meta)
+    return Entry(serial, now, "media", meta, b"")
