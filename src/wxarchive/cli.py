@@ -296,6 +296,7 @@ def ingest_wechat_cmd(
     account: Optional[str] = typer.Option(None, "--account", help="The device owner's wxid, when the folder does not tell."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List every conversation, its size and what the policy "
                                                           "would do; archive nothing."),
+    as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per conversation."),
 ) -> None:
     """Archive the work chats of a WeChat account from its (encrypted) databases."""
     from wxarchive.capture.wechat import open_reader, parse_key
@@ -318,6 +319,11 @@ def ingest_wechat_cmd(
     with reader:
         if dry_run:
             plans, _, _ = plan(reader, policy)
+            if as_json:
+                for p in plans:
+                    print(json.dumps({"conversation": p.talker, "name": p.name, "kind": p.kind, "messages": p.messages,
+                                      "work": p.decision.work, "reason": p.decision.reason}, ensure_ascii=False))
+                return
             t = Table("conversation", "name", "kind", "messages", "policy", "why", title=f"{reader.path} ({fmt}, account "
                       f"{safe(reader.owner)})")
             for p in plans:
@@ -416,7 +422,18 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-reada
 
 def _print_status(st: dict) -> None:
     for c in st["cursors"]:
-        out.print(f"source {c['source']}: cursor seq {c['cursor']} (updated {c['updated_at']})", highlight=False)
+        if c["source"].startswith("wechat:"):
+            n = len(json.loads(c["cursor"] or "{}"))
+            out.print(f"source {c['source']}: cursor at the last local id of {n} chat tables (updated "
+                      f"{c['updated_at']})", highlight=False)
+        else:
+            out.print(f"source {c['source']}: cursor seq {c['cursor']} (updated {c['updated_at']})", highlight=False)
+    for w in st.get("wechat", []):
+        ok = "[green]reconciled[/]" if w["reconciled"] else "[red]NOT reconciled[/]"
+        out.print(f"  {w['format']} copy read {w['read_at']}: {w['total']} messages = {w['captured']} in "
+                  f"{w['work_conversations']} work conversations + {w['excluded']} excluded in "
+                  f"{w['personal_conversations']} personal; archived for this account {w['archived']}  {ok}",
+                  highlight=False)
     out.print(f"messages {st['messages']}, conversations {st['conversations']}, participants {st['participants']}")
     t = Table("kind", "messages", title="messages by kind")
     for k, n in st["messages_by_kind"].items():

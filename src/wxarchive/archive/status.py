@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import func, select
@@ -36,6 +37,18 @@ def status(engine, tz: str = "UTC", runs_shown: int = 10) -> dict[str, Any]:
             )
         ]
         runs = [dict(r) for r in c.execute(select(s.runs).order_by(s.runs.c.id)).mappings()]
+        wechat = []
+        for key, value in c.execute(select(s.meta.c.key, s.meta.c.value).where(s.meta.c.key.like("census:%"))):
+            src = key.split(":", 1)[1]
+            cen = json.loads(value)
+            archived = c.execute(select(func.count()).select_from(s.messages).where(s.messages.c.source == src)).scalar()
+            wechat.append({"source": src, "device": cen.get("device"), "format": cen.get("format"),
+                           "read_at": iso_time(cen.get("at"), tz), "total": cen.get("total"),
+                           "captured": cen.get("captured"), "excluded": cen.get("excluded"),
+                           "work_conversations": cen.get("work_conversations"),
+                           "personal_conversations": cen.get("personal_conversations"), "archived": archived,
+                           "reconciled": cen.get("captured", 0) + cen.get("excluded", 0) == cen.get("total")
+                           and archived >= cen.get("captured", 0)})
         n_conv = c.execute(select(func.count()).select_from(s.conversations)).scalar()
         n_part = c.execute(select(func.count()).select_from(s.participants)).scalar()
         n_msg = sum(by_kind.values())
@@ -46,6 +59,7 @@ def status(engine, tz: str = "UTC", runs_shown: int = 10) -> dict[str, Any]:
         r["ended_at"] = iso_time(r["ended_at"], tz)
     return {
         "cursors": cursors,
+        "wechat": wechat,
         "messages": n_msg,
         "messages_by_kind": dict(sorted(by_kind.items())),
         "conversations": n_conv,

@@ -1,0 +1,121 @@
+"""The real CLI on generated WeChat devices: simulate, dry run, ingest, re-ingest, status,
+search; bad keys, paths, policies and formats as one clear line with no traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from test_cli import assert_clean_error, run
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wechat-cli") / "device"
+    p = run("simulate", "wechat", str(d), "--format", "v4", "--messages", "40")
+    assert p.returncode == 0, p.stderr
+    return d, json.loads((d / "answer.json").read_text())
+
+
+def _ingest(home: Path, d: Path, a: dict, *extra: str, env: dict | None = None):
+    return run("ingest", "wechat", a["device"], "--format", "v4", "--key-file", str(d / "key.txt"), *extra,
+               home=home, env=env)
+
+
+def test_dry_run_lists_every_conversation_and_archives_nothing(dev, tmp_path):
+    d, a = dev
+    home = tmp_path / "home"
+    p = _ingest(home, d, a, "--dry-run")
+    assert p.returncode == 0, p.stderr
+    assert "wxid_friend01" in p.stdout and "personal" in p.stdout and "no policy" in p.stdout
+    assert f"{a['total']} messages: 0 would be captured" in p.stdout
+    p = _ingest(home, d, a, "--dry-run", "--policy", str(d / "policy.toml"))
+    assert p.returncode == 0, p.stderr
+    assert f"{a['work']} would be captured, {a['personal']} excluded" in p.stdout
+    p = _ingest(home, d, a, "--dry-run", "--json", "--policy", str(d / "policy.toml"))
+    rows = {r["conversation"]: r for r in map(json.loads, p.stdout.splitlines())}
+    assert rows["20000001@chatroom"]["reason"] == "work_groups" and rows["20000001@chatroom"]["work"]
+    assert rows["wxid_client02"]["reason"] == "customer list (mobile)"
+    assert rows["wxid_friend01"] == {"conversation": "wxid_friend01", "name": "Mom 妈妈", "kind": "direct",
+                                     "messages": rows["wxid_friend01"]["messages"], "work": False,
+                                     "reason": "not in the policy"}
+    assert sum(r["messages"] for r in rows.values()) == a["total"]
+    assert not home.exists()
+
+
+def test_ingest_then_again_then_status_and_search(dev, tmp_path):
+    d, a = dev
+    home = tmp_path / "home"
+    p = _ingest(home, d, a, "--policy", str(d / "policy.toml"))
+    assert p.returncode == 0, p.stderr
+    assert f"archived {a['work']}," in p.stdout and f"{a['personal']} messages excluded" in p.stdout
+    p = _ingest(home, d, a, "--policy", str(d / "policy.toml"))
+    assert p.returncode == 0 and "archived 0," in p.stdout, p.stdout
+    st = run("status", "--json", home=home)
+    data = json.loads(st.stdout)
+    assert data["messages"] == a["work"]
+    census = data["wechat"][0]
+    assert census["captured"] + census["excluded"] == census["total"] == a["total"]
+    assert census["archived"] == census["captured"]
+    s = run("search", "报价单", "--json", home=home)
+    hits = [json.loads(line) for line in s.stdout.splitlines() if line.strip()]
+    assert hits and all(h["source"] == f"wechat:{a['owner']}" for h in hits)
+    log = (home / "logs" / "wxarchive.log").read_text()
+    assert a["key"] not in log + p.stdout + p.stderr and "报价" not in log
+    v = run("verify", home=home)
+    assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_wrong_key_is_one_line_and_archives_nothing(dev, tmp_path):
+    d, a = dev
+    bad = tmp_path / "bad.key"
+    bad.write_text("22" * 32)
+    home = tmp_path / "home"
+    p = run("ingest", "wechat", a["device"], "--format", "v4", "--key-file", str(bad), "--policy",
+            str(d / "policy.toml"), home=home)
+    assert_clean_error(p, "key does not open")
+    assert "message_0.db" in p.stderr and "22" * 32 not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert not (home / "journal").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--format", "v3"], "--format 'v3'"),
+    (["--format", "v4"], "no --policy"),
+    (["--format", "win3", "--policy", "POLICY"], "not a WeChat 3.x Msg folder"),
+    (["--format", "android", "--policy", "POLICY"], "needs --key"),
+    (["--format", "v4", "--key", "abcd", "--policy", "POLICY"], "64 hex characters"),
+    (["--format", "v4", "--policy", "/nonexistent/p.toml"], "no such policy file"),
+])
+def test_usage_errors(dev, tmp_path, args, needle):
+    d, a = dev
+    args = [str(d / "policy.toml") if x == "POLICY" else x for x in args]
+    key = [] if any(x == "--key" for x in args) or "android" in args else ["--key-file", str(d / "key.txt")]
+    p = run("ingest", "wechat", a["device"], *args, *key, home=tmp_path / "home")
+    assert_clean_error(p, needle)
+    assert needle in p.stderr, p.stderr
+
+
+def test_bad_policy_names_file_and_setting(dev, tmp_path):
+    d, a = dev
+    pol = tmp_path / "p.toml"
+    pol.write_text('work_contact = ["wxid_x"]\n')
+    p = _ingest(tmp_path / "home", d, a, "--policy", str(pol))
+    assert_clean_error(p)
+    assert str(pol) in p.stderr and "'work_contact'" in p.stderr
+    pol.write_text('work_groups = ["not-a-group"]\n')
+    p = _ingest(tmp_path / "home", d, a, "--policy", str(pol))
+    assert_clean_error(p)
+    assert "not a group id" in p.stderr
+    pol.write_text('customer_list = "missing.csv"\n')
+    p = _ingest(tmp_path / "home", d, a, "--policy", str(pol))
+    assert_clean_error(p)
+    assert "missing.csv: customer list not found" in p.stderr
+
+
+def test_missing_path(tmp_path):
+    p = run("ingest", "wechat", str(tmp_path / "nope"), "--format", "v4", "--key", "11" * 32, "--policy",
+            str(tmp_path / "p.toml"), home=tmp_path / "home")
+    assert_clean_error(p)
