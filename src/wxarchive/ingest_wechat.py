@@ -143,6 +143,8 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
     log.info("wechat run %s: %d conversations (%d work), %d messages in the copy, %d excluded",
              result.run_id, len(plans), result.work_conversations, result.total, result.counts["excluded"])
     room_names = {g.id: (contacts[g.id].name if g.id in contacts else g.name) for g in groups.values()}
+    # attachments a killed run journaled the message of but not the outcome: resolved when the row comes again
+    pending = {(a["msgid"], a["path"]) for a in archive.catalog.pending_attachments(source)}
     try:
         for p in plans:
             if not p.decision.work:
@@ -153,10 +155,10 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
                     row.record["room_name"] = room_names.get(p.talker)
                 chunk.append(row)
                 if len(chunk) >= batch:
-                    _chunk(archive, source, chunk, cursor, result, progress)
+                    _chunk(archive, source, chunk, cursor, result, progress, pending)
                     chunk = []
             if chunk:
-                _chunk(archive, source, chunk, cursor, result, progress)
+                _chunk(archive, source, chunk, cursor, result, progress, pending)
         result.status = "ok"
     except WeChatDbError as e:
         result.status, result.error = "failed", str(e)
@@ -177,7 +179,7 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
 
 
 def _chunk(archive: Archive, source: str, chunk: list[RawRow], cursor: dict[str, int], result: WeChatResult,
-           progress: ProgressFn) -> None:
+           progress: ProgressFn, pending: set[tuple[str, str]]) -> None:
     j = archive.journal
     datas = [encode_record(r.record) for r in chunk]
     parsed: list[tuple[Message | None, str | None]] = []
@@ -200,6 +202,8 @@ def _chunk(archive: Archive, source: str, chunk: list[RawRow], cursor: dict[str,
         result.counts["pulled"] += 1
         if key in known or key in seen:
             result.counts["duplicates"] += 1
+            if msg is not None and key in known:
+                media.extend((key, a.path, row) for a in msg.attachments if (key, a.path) in pending)
             continue
         seen.add(key)
         meta = {"source": source, "key": key, "file": row.record.get("file"), "table": row.record.get("table"),
