@@ -3,7 +3,6 @@ each row journaled once, no attachment left pending. ``pytest -m stress`` runs m
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
