@@ -184,9 +184,10 @@ def _chunk(archive: Archive, source: str, chunk: list[RawRow], cursor: dict[str,
     datas = [encode_record(r.record) for r in chunk]
     parsed: list[tuple[Message | None, str | None]] = []
     keys = []
-    for d in datas:
+    for row, d in zip(chunk, datas):
         try:
-            m = wmessages.parse_row(d, source)
+            m = wmessages.parse_values(row.record, row.values, source) if row.values is not None \
+                else wmessages.parse_row(d, source)
             parsed.append((m, None))
             keys.append(m.msgid)
         except wmessages.ParseError as e:

@@ -148,14 +148,14 @@ class AndroidReader:
         for values in cur:
             row = dict(zip(names, values))
             rec = make_record(self.format, DB_NAME, "message", talker, self.owner, row)
-            yield RawRow(key, row["msgId"], rec, self._voice(row))
+            yield RawRow(key, row["msgId"], rec, self._voice(row), row)
 
     def _voice(self, row: dict) -> list[Media]:
         """``voice2/<h[0:2]>/<h[2:4]>/msg_<imgPath>.amr`` with ``h = md5(imgPath)`` beside the database."""
         if (int(row.get("type") or 0) & 0xFFFF) != 34 or not row.get("imgPath"):
             return []
-        stem = str(row["imgPath"])
-        if "/" in stem or "\\" in stem or stem.startswith("."):
+        stem = row["imgPath"]
+        if not isinstance(stem, str) or "/" in stem or "\\" in stem or stem.startswith("."):
             return []  # a stem from the database never names another folder
         h = hashlib.md5(stem.encode("utf-8", "surrogateescape")).hexdigest()
         f = self.path.parent / "voice2" / h[:2] / h[2:4] / f"msg_{stem}.amr"

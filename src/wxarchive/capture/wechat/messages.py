@@ -102,8 +102,12 @@ def parse_row(data: bytes, source: str) -> Message:
         raise ParseError("not a wechat.row record (invalid JSON)") from None
     if not isinstance(rec, dict) or not isinstance(rec.get("row"), dict):
         raise ParseError("not a wechat.row record")
+    return parse_values(rec, {k: decode_value(v) for k, v in rec["row"].items()}, source)
+
+
+def parse_values(rec: dict[str, Any], row: dict[str, Any], source: str) -> Message:
+    """The same as :func:`parse_row`, from the record and the row's values as read."""
     fmt = rec.get("format")
-    row = {k: decode_value(v) for k, v in rec["row"].items()}
     try:
         fields = _FORMATS[fmt](row, rec)
     except KeyError as e:

@@ -69,6 +69,7 @@ class RawRow:
     local_id: int
     record: dict[str, Any]  # {"v", "format", "file", "table", "talker", "owner", "sender"?, "row"}
     media: list[Media] = field(default_factory=list)
+    values: dict[str, Any] | None = None  # the row as read (what "row" encodes), to parse without decoding
 
 
 class Reader(Protocol):
@@ -86,18 +87,30 @@ class Reader(Protocol):
     def rows(self, talker: str, after: dict[str, int]) -> Iterator[RawRow]: ...
 
 
-def text_factory(b: bytes) -> str:
-    """TEXT values as str; bytes that are not UTF-8 survive as lone surrogates (see encode_value)."""
-    return b.decode("utf-8", "surrogateescape")
+class InvalidText(bytes):
+    """A TEXT value whose bytes are not valid UTF-8: kept as the stored bytes."""
+
+
+def text_factory(b: bytes) -> str | InvalidText:
+    """TEXT values as str, or as :class:`InvalidText` when they are not UTF-8 (case X2)."""
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return InvalidText(b)
+
+
+_PLAIN = (int, str, type(None), float)
 
 
 def encode_value(v: Any) -> Any:
+    if isinstance(v, InvalidText):
+        return {"$x": base64.b64encode(v).decode()}
     if isinstance(v, bytes):
         return {"$b": base64.b64encode(v).decode()}
     if isinstance(v, str):
         try:
             v.encode("utf-8")
-        except UnicodeEncodeError:
+        except UnicodeEncodeError:  # a str with lone surrogates (not from our readers): its escaped bytes
             return {"$x": base64.b64encode(v.encode("utf-8", "surrogateescape")).decode()}
     return v
 
@@ -109,7 +122,7 @@ def decode_value(v: Any) -> Any:
         if "$b" in v:
             return base64.b64decode(v["$b"])
         if "$x" in v:
-            return base64.b64decode(v["$x"])
+            return InvalidText(base64.b64decode(v["$x"]))
     return v
 
 
@@ -120,7 +133,7 @@ def encode_record(rec: dict[str, Any]) -> bytes:
 def make_record(fmt: str, file: str, table: str, talker: str, owner: str, row: dict[str, Any],
                 **context: Any) -> dict[str, Any]:
     rec = {"v": RECORD_FORMAT, "format": fmt, "file": file, "table": table, "talker": talker, "owner": owner,
-           "row": {k: encode_value(v) for k, v in row.items()}}
+           "row": {k: v if type(v) in _PLAIN else encode_value(v) for k, v in row.items()}}
     rec.update({k: v for k, v in context.items() if v is not None})
     return rec
 

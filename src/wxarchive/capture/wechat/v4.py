@@ -142,7 +142,7 @@ class V4Reader:
                     row = dict(zip(cols, values))
                     rec = make_record(self.format, file, t, talker, self.owner, row,
                                       sender=names.get(row["real_sender_id"]))
-                    yield RawRow(key, row["local_id"], rec, self._voice(row))
+                    yield RawRow(key, row["local_id"], rec, self._voice(row), row)
 
     def _voice(self, row: dict) -> list[Media]:
         if (int(row.get("local_type") or 0) & 0xFFFFFFFF) != 34 or self.media is None or not row.get("server_id"):

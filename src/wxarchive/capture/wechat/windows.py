@@ -147,7 +147,7 @@ class WindowsReader:
             for values in cur:
                 row = dict(zip(names, values))
                 rec = make_record(self.format, file, "MSG", talker, self.owner, row)
-                yield RawRow(key, row["localId"], rec, self._voice(row))
+                yield RawRow(key, row["localId"], rec, self._voice(row), row)
 
     def _voice(self, row: dict) -> list[Media]:
         if row.get("Type") != 34 or not row.get("MsgSvrID"):
