@@ -46,13 +46,11 @@ def is_token_char(ch: str) -> bool:
 
 
 def unigram_tokens(text: str) -> list[str]:
-    out = []
-    for piece in _PIECES.findall(text):
-        if len(piece) > 1 or piece.isascii() and piece.isalnum() or is_token_char(piece):
-            out.append(piece)
-        else:
-            out.append(PLACEHOLDER)
-    return out
+    # pieces longer than one character are ASCII letter/digit runs (kept); single characters
+    # are looked up in the cache first (the hot path of every message written)
+    kept = _kept
+    return [p if len(p) > 1 or kept.get(p) or (p not in kept and is_token_char(p)) else PLACEHOLDER
+            for p in _PIECES.findall(text)]
 
 
 def unigram_text(text: str) -> str:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -67,7 +68,13 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def _dumps(v: Any) -> str:
-    return _ENCODER.encode(v)
+    """Compact JSON of a message's recipients, content and flags (orjson: a third of the
+    stdlib's cost on the ingest's hot path; the stdlib for what orjson refuses, e.g. lone
+    surrogates or integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return _ENCODER.encode(v)
 
 
 class CatalogError(Exception):
