@@ -375,3 +375,37 @@ def test_no_plaintext_copy_left_on_disk(small, tmp_path, monkeypatch):
             if f.is_file():
                 assert b"SQLite format 3" not in f.read_bytes()[:16], f  # copies are encrypted
     assert not any(tmp_path.iterdir())  # and gone after close
+
+
+# ---- the archive's readers on WeChat messages ---------------------------------------------------
+
+
+def test_rsmf_export_of_wechat_conversations_validates(archived, tmp_path):
+    from wxarchive.export.rsmf import export_rsmf
+    from wxarchive.export.rsmf_validate import validate_file
+    from wxarchive.search.query import Query
+
+    fmt, _, answer, home, _ = archived
+    with Archive.open(home, readonly=True) as ar:
+        export_rsmf(ar, Query(), tmp_path / "out", query_text={}, tz="Asia/Shanghai")
+    files = sorted((tmp_path / "out" / "rsmf").glob("*.rsmf"))
+    assert len(files) == 7  # one per work conversation
+    for f in files:
+        v = validate_file(f)
+        assert v.result == "Passed", (f.name, [x.line() for x in v.findings[:5]])
+
+
+def test_export_of_record_imports_into_the_same_catalog(archived, tmp_path):
+    from wxarchive.export.jsonl import export_jsonl
+    from wxarchive.ingest import import_export
+    from wxarchive.search.query import Query
+
+    fmt, _, answer, home, _ = archived
+    with Archive.open(home, readonly=True) as ar:
+        export_jsonl(ar, Query(), tmp_path / "rec", query_text={})
+    with Archive.open(tmp_path / "copy", create=True) as ar:
+        res = import_export(ar, tmp_path / "rec")
+    assert res.problems == [] and res.messages == answer["work"]
+    keep = ("text", "sender", "kind", "content", "flags", "sent_at", "reply_to", "recalled_by", "attachments")
+    a, b = catalog(home), catalog(tmp_path / "copy")
+    assert {k: [str(v[f]) for f in keep] for k, v in a.items()} == {k: [str(v[f]) for f in keep] for k, v in b.items()}
