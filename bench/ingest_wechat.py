@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 mode, device, key, home, policy = sys.argv[1:6]
 from wxarchive.capture.wechat import open_reader, parse_key
@@ -59,14 +59,15 @@ else:
     out = {"messages": res.total, "archived": res.counts["archived"], "excluded": res.counts["excluded"],
            "status": res.status}
 out["seconds"] = time.perf_counter() - t
-out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across fork+exec)
+out["rss_mb"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
 print(json.dumps(out))
 """
 
 
 def _device(workdir: Path, n: int) -> dict:
     d = workdir / f"v4-{n}"
-    answer = d / "answer.json"
+    answer = d / "device.json"  # the totals only: answer.json lists every message
     if answer.exists():
         return json.loads(answer.read_text())
     shutil.rmtree(d, ignore_errors=True)

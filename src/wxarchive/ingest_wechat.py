@@ -224,8 +224,8 @@ def _chunk(archive: Archive, source: str, chunk: list[RawRow], cursor: dict[str,
     cmeta = {"source": source, "cursor": json.dumps(cursor, sort_keys=True, separators=(",", ":"))}
     cserial = j.append("cursor", cmeta)
     j.sync()
-    apply(archive, rows_entries, by_serial)
-    apply(archive, after + [Entry(cserial, now, "cursor", cmeta, b"")])
+    # one catalog transaction: messages are inserted before any media outcome updates them
+    apply(archive, rows_entries + after + [Entry(cserial, now, "cursor", cmeta, b"")], by_serial)
     progress("batch", dict(result.counts))
 
 

@@ -18,7 +18,8 @@ every message type the importer maps, group senders each platform's way, recalls
 
 Beside the databases: ``key.txt`` (the account key or Android passphrase), ``policy.toml``
 and ``clients.csv`` (which chats are work), and ``answer.json``: every work message the
-importer must archive, with its expected fields, and the count of personal ones.
+importer must archive, with its expected fields, and the count of personal ones
+(``device.json``: the same without the message list, for tools that need only the totals).
 Same seed, same files; ``extra`` adds that many newer messages to the same base (the
 "newer copy of the database" of the tests).
 """
@@ -627,4 +628,6 @@ def generate_device(out: Path, fmt: str, messages: int = 0, extra: int = 0, seed
               "wal_only": [str(r.svrid) for r in rows[sc.wal_from: sc.base_count]],
               "messages": expected}
     (out / "answer.json").write_text(json.dumps(answer, ensure_ascii=False, indent=1), encoding="utf-8")
+    summary = {k: v for k, v in answer.items() if k not in ("messages", "wal_only")}
+    (out / "device.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
     return answer

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 from wxarchive.capture.wechat import sqlcipher
 from wxarchive.capture.wechat.records import (
-    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, make_record, text_factory,
+    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, make_record,
 )
 from wxarchive.capture.wechat.sqlcipher import WeChatDbError
 
@@ -65,30 +64,25 @@ def pick_passphrase(db: Path, candidates: list[str]) -> str:
                         "(tried the IMEI as given and 1234567890ABCDEF, the uin signed and unsigned)") from last
 
 
-class AndroidReader:
+class AndroidReader(sqlcipher.OpenDatabases):
     format = "android"
+    profile = sqlcipher.ANDROID
 
     def __init__(self, path: Path, passphrase: str, account: str | None = None):
         self.path = find_db(path)
-        self._stack = ExitStack()
-        self.conn = self._stack.enter_context(sqlcipher.open_db(self.path, sqlcipher.ANDROID, passphrase.encode()))
-        self.conn.text_factory = text_factory
-        self._check_schema()
-        info = dict(self.conn.execute("SELECT id, value FROM userinfo WHERE id IN (2, 4)").fetchall()) \
-            if self._has("userinfo") else {}
-        self.owner = account or info.get(2) or ""
-        if not self.owner:
-            raise WeChatDbError(f"{self.path}: userinfo has no own wxid (id 2); pass --account WXID")
-        self.owner_name = info.get(4)
-
-    def close(self) -> None:
-        self._stack.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().__init__()
+        try:
+            self.conn = self.open(self.path, passphrase.encode())
+            self._check_schema()
+            info = dict(self.conn.execute("SELECT id, value FROM userinfo WHERE id IN (2, 4)").fetchall()) \
+                if self._has("userinfo") else {}
+            self.owner = account or info.get(2) or ""
+            if not self.owner:
+                raise WeChatDbError(f"{self.path}: userinfo has no own wxid (id 2); pass --account WXID")
+            self.owner_name = info.get(4)
+        except BaseException:
+            self.close()
+            raise
 
     def _has(self, table: str) -> bool:
         return sqlcipher.has_table(self.conn, table)
@@ -135,9 +129,7 @@ class AndroidReader:
         q = ("SELECT talker, CASE WHEN createTime > 0 THEN date(createTime / 1000, 'unixepoch') END, count(*) "
              "FROM message GROUP BY 1, 2")
         for talker, day, n in self.conn.execute(q):
-            c = out.setdefault(talker or "", ConversationCensus(talker or ""))
-            c.total += n
-            c.per_day[day] = c.per_day.get(day, 0) + n
+            count_into(out, talker, day, n)
         return list(out.values())
 
     def rows(self, talker: str, after: dict[str, int]) -> Iterator[RawRow]:

@@ -55,6 +55,14 @@ class ConversationCensus:
     per_day: dict[str | None, int] = field(default_factory=dict)
 
 
+def count_into(out: dict[str, ConversationCensus], talker: str | None, day: str | None, n: int) -> None:
+    c = out.get(talker or "")
+    if c is None:
+        c = out[talker or ""] = ConversationCensus(talker or "")
+    c.total += n
+    c.per_day[day] = c.per_day.get(day, 0) + n
+
+
 @dataclass
 class Media:
     path: str  # the attachment path it belongs to ("" = the message itself)

@@ -32,7 +32,7 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,3 +218,29 @@ def schema_error(path, conn, table: str, missing: set[str]) -> WeChatDbError:
     ver = conn.execute("PRAGMA user_version").fetchone()[0]
     return WeChatDbError(f"{path}: table {table} lacks {', '.join(sorted(missing))} (schema version {ver}): "
                          "written by a WeChat version this importer does not know")
+
+
+class OpenDatabases:
+    """The databases one reader has open (private encrypted copies), closed and removed together.
+    Readers subclass it; ``__init__`` failures must call ``close()`` before raising."""
+
+    profile: Profile
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+
+    def open(self, f: Path, key: bytes):
+        from wxarchive.capture.wechat.records import text_factory
+
+        conn = self._stack.enter_context(open_db(f, self.profile, key))
+        conn.text_factory = text_factory
+        return conn
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -13,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 from wxarchive.capture.wechat import sqlcipher
 from wxarchive.capture.wechat.records import (
-    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, make_record, text_factory,
+    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, make_record,
 )
 from wxarchive.capture.wechat.windows import room_members
 from wxarchive.capture.wechat.sqlcipher import WeChatDbError
@@ -37,8 +36,9 @@ def find_storage(path: Path) -> Path:
     raise WeChatDbError(f"{path}: not a WeChat 4.x db_storage folder (no message/ in it or in db_storage/)")
 
 
-class V4Reader:
+class V4Reader(sqlcipher.OpenDatabases):
     format = "v4"
+    profile = sqlcipher.V4
 
     def __init__(self, path: Path, key: bytes, account: str | None = None):
         self.path = find_storage(path)
@@ -53,11 +53,11 @@ class V4Reader:
         files = sorted(((int(mm.group(1)), p) for p in msg_dir.glob("message_*.db") if (mm := _SHARD.match(p.name))))
         if not files:
             raise WeChatDbError(f"{msg_dir}: no message_0.db … message_N.db")
-        self._stack = ExitStack()
+        super().__init__()
         try:
             self.shards = []  # (file, conn, {rowid: user_name}, {table: talker})
             for _, f in files:
-                conn = self._open(f, key)
+                conn = self.open(f, key)
                 if not sqlcipher.has_table(conn, "Name2Id"):
                     raise WeChatDbError(f"{f}: decrypts, but has no Name2Id table: not a WeChat 4.x message shard")
                 names = {rid: u for rid, u in conn.execute("SELECT rowid, user_name FROM Name2Id")}
@@ -70,26 +70,13 @@ class V4Reader:
                     tables[t] = by_md5.get(t[4:].lower(), f"unknown:{t[4:]}")
                 self.shards.append((f"message/{f.name}", conn, names, tables))
             contact = self.path / "contact" / "contact.db"
-            self.contact = self._open(contact, key) if contact.exists() else None
+            self.contact = self.open(contact, key) if contact.exists() else None
             media = msg_dir / "media_0.db"
-            self.media = self._open(media, key) if media.exists() else None
+            self.media = self.open(media, key) if media.exists() else None
         except BaseException:
-            self._stack.close()
+            self.close()
             raise
 
-    def _open(self, f: Path, key: bytes):
-        conn = self._stack.enter_context(sqlcipher.open_db(f, sqlcipher.V4, key))
-        conn.text_factory = text_factory
-        return conn
-
-    def close(self) -> None:
-        self._stack.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def contacts(self) -> dict[str, Contact]:
         c = self.contact
@@ -124,10 +111,8 @@ class V4Reader:
             for t, talker in tables.items():
                 q = (f'SELECT CASE WHEN create_time > 0 THEN date(create_time, \'unixepoch\') END, count(*) '
                      f'FROM "{t}" GROUP BY 1')
-                c = out.setdefault(talker, ConversationCensus(talker))
                 for day, n in conn.execute(q):
-                    c.total += n
-                    c.per_day[day] = c.per_day.get(day, 0) + n
+                    count_into(out, talker, day, n)
         return list(out.values())
 
     def rows(self, talker: str, after: dict[str, int]) -> Iterator[RawRow]:

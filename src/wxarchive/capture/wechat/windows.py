@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 from wxarchive.capture.protobuf import ProtobufError, iter_fields
 from wxarchive.capture.wechat import sqlcipher
 from wxarchive.capture.wechat.records import (
-    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, make_record, text_factory,
+    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, make_record,
 )
 from wxarchive.capture.wechat.sqlcipher import WeChatDbError
 
@@ -54,8 +53,9 @@ def room_members(blob: bytes) -> dict[str, str]:
     return out
 
 
-class WindowsReader:
+class WindowsReader(sqlcipher.OpenDatabases):
     format = "win3"
+    profile = sqlcipher.WIN3
 
     def __init__(self, path: Path, key: bytes, account: str | None = None):
         self.path = find_msg_dir(path)
@@ -67,11 +67,11 @@ class WindowsReader:
         if not shard_files:
             raise WeChatDbError(f"{self.path}: no Multi/MSG0.db … MSGn.db (an old data folder without Multi/ "
                                 "keeps its messages elsewhere and is not supported)")
-        self._stack = ExitStack()
+        super().__init__()
         try:
             self.shards = []
             for f in shard_files:
-                conn = self._open(f, key)
+                conn = self.open(f, key)
                 if not sqlcipher.has_table(conn, "MSG"):
                     raise WeChatDbError(f"{f}: decrypts, but has no MSG table: not a WeChat 3.x message shard")
                 cols = sqlcipher.columns(conn, "MSG")
@@ -79,25 +79,12 @@ class WindowsReader:
                     raise sqlcipher.schema_error(f, conn, "MSG", REQUIRED - cols)
                 self.shards.append((f"Multi/{f.name}", conn))
             micro = self.path / "MicroMsg.db"
-            self.micro = self._open(micro, key) if micro.exists() else None
-            self.media = [self._open(f, key) for f in _numbered(self.path / "Multi", _MEDIA)]
+            self.micro = self.open(micro, key) if micro.exists() else None
+            self.media = [self.open(f, key) for f in _numbered(self.path / "Multi", _MEDIA)]
         except BaseException:
-            self._stack.close()
+            self.close()
             raise
 
-    def _open(self, f: Path, key: bytes):
-        conn = self._stack.enter_context(sqlcipher.open_db(f, sqlcipher.WIN3, key))
-        conn.text_factory = text_factory
-        return conn
-
-    def close(self) -> None:
-        self._stack.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def contacts(self) -> dict[str, Contact]:
         c = self.micro
@@ -133,9 +120,7 @@ class WindowsReader:
              "FROM MSG GROUP BY 1, 2")
         for _, conn in self.shards:
             for talker, day, n in conn.execute(q):
-                c = out.setdefault(talker or "", ConversationCensus(talker or ""))
-                c.total += n
-                c.per_day[day] = c.per_day.get(day, 0) + n
+                count_into(out, talker, day, n)
         return list(out.values())
 
     def rows(self, talker: str, after: dict[str, int]) -> Iterator[RawRow]:
