@@ -126,7 +126,9 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
     plans, contacts, groups = plan(reader, policy)
     now = int(time.time() * 1000)
     run_meta = {"source": source, "cursor": cursor_text, "pid": os.getpid(), "format": reader.format,
-                "device": str(reader.path)}
+                "device": str(reader.path),
+                "policy": {"file": str(policy.path), "sha256": policy.sha256, "employee": policy.employee,
+                           "customer_list_sha256": policy.customers_sha256}}
     result.run_id = j.append("run.start", run_meta)
     dmeta = {"source": source, "key": f"directory:{now}", "fetched_at": now, "device": str(reader.path)}
     ddata = _directory(reader, plans, contacts, groups)

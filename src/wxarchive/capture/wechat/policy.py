@@ -19,6 +19,7 @@ count per day of what it left out, so completeness can be reconciled (captured +
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 import tomllib
@@ -56,6 +57,8 @@ class Decision:
 @dataclass
 class Policy:
     path: Path | None = None
+    sha256: str | None = None  # of the policy file, and of the customer list, for the run's record
+    customers_sha256: str | None = None
     employee: str | None = None
     work_contacts: set[str] = field(default_factory=set)
     work_groups: set[str] = field(default_factory=set)
@@ -137,7 +140,7 @@ def load(path: Path) -> Policy:
     unknown = sorted(set(data) - KEYS)
     if unknown:
         raise PolicyError(f"{path}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(KEYS))})")
-    p = Policy(path=path, employee=data.get("employee") if isinstance(data.get("employee"), str) else None,
+    p = Policy(path=path, sha256=hashlib.sha256(raw).hexdigest(), employee=data.get("employee") if isinstance(data.get("employee"), str) else None,
                work_contacts=_strings(path, data, "work_contacts"), work_groups=_strings(path, data, "work_groups"),
                work_labels=_strings(path, data, "work_labels"), colleagues=_strings(path, data, "colleagues"),
                openim_contacts=_bool(path, data, "openim_contacts", True),
@@ -149,7 +152,9 @@ def load(path: Path) -> Policy:
     if cl is not None:
         if not isinstance(cl, str) or not cl.strip():
             raise PolicyError(f"{path}: customer_list must be the path of a CSV file")
-        p.customers = load_customers((path.parent / cl).expanduser())
+        cpath = (path.parent / cl).expanduser()
+        p.customers = load_customers(cpath)
+        p.customers_sha256 = hashlib.sha256(cpath.read_bytes()).hexdigest()
     return p
 
 
