@@ -35,6 +35,7 @@ def test_dry_run_lists_every_conversation_and_archives_nothing(dev, tmp_path):
     assert p.returncode == 0, p.stderr
     assert f"{a['work']} would be captured, {a['personal']} excluded" in p.stdout
     p = _ingest(home, d, a, "--dry-run", "--json", "--policy", str(d / "policy.toml"))
+    assert "work_labels has no effect on v4 databases" in p.stderr  # said, not silently ignored
     rows = {r["conversation"]: r for r in map(json.loads, p.stdout.splitlines())}
     assert rows["20000001@chatroom"]["reason"] == "work_groups" and rows["20000001@chatroom"]["work"]
     assert rows["wxid_client02"]["reason"] == "customer list (mobile)"

@@ -64,10 +64,23 @@ def catalog(home: Path) -> dict[str, dict]:
 
 
 def by_key(msgs: dict[str, dict], e: dict) -> dict | None:
+    """The archived message for an answer-key entry: by server id, or (rows without one) by chat
+    and text — and then there must be as many archived as expected."""
     if e["msgid"]:
         return msgs.get(e["msgid"])
     hits = [m for m in msgs.values() if m["conversation_id"] == e["conversation_id"] and m["text"] == e["text"]]
-    return hits[0] if len(hits) == 1 else None
+    return hits[0] if hits else None
+
+
+def test_rows_without_server_id_are_counted_exactly(archived):
+    _, _, answer, home, _ = archived
+    msgs = catalog(home).values()
+    want: dict[tuple, int] = {}
+    for e in answer["messages"]:
+        if not e["msgid"]:
+            want[(e["conversation_id"], e["text"])] = want.get((e["conversation_id"], e["text"]), 0) + 1
+    got = {k: sum(1 for m in msgs if (m["conversation_id"], m["text"]) == k) for k in want}
+    assert got == want and 2 in want.values()  # two identical notices in one second stay two
 
 
 @pytest.fixture(scope="module", params=FORMATS)
@@ -263,6 +276,19 @@ def test_reindex_rebuilds_the_same_catalog(archived, tmp_path):
     assert rows() == before
 
 
+def test_phone_pc_and_v4_copies_of_one_account_are_one_archive(archived, tmp_path):
+    """The same account read from its Android, Windows 3.x and 4.x databases: one message each,
+    server ids or not (the notices without one get the same id on every platform)."""
+    fmt, _, answer, home, _ = archived
+    h = tmp_path / "home"
+    shutil.copytree(home, h)
+    for other in FORMATS:
+        if other != fmt:
+            r = ingest(h, device(tmp_path, other, name=other, messages=60), other)
+            assert r.counts["archived"] == 0 and r.counts["duplicates"] == answer["work"], (other, r.counts)
+    assert len(catalog(h)) == answer["work"]
+
+
 # ---- errors: one line naming the file, nothing archived ----------------------------------------
 
 
@@ -281,7 +307,8 @@ def test_wrong_key_is_one_clear_error(small, fmt):
 
 
 def test_android_key_candidates_exhausted(small):
-    with pytest.raises(WeChatDbError, match="none of the 4 keys"):
+    with pytest.raises(WeChatDbError, match=r"no key derived from the IMEI and uin opens it \(4 tried: IMEI "
+                                            r"490154203237518 with uin 3000000000; .*with uin -1294967296\)"):
         open_reader("android", Path(small["android"]["device"]), imei="490154203237518", uin="3000000000")
 
 
@@ -409,3 +436,26 @@ def test_export_of_record_imports_into_the_same_catalog(archived, tmp_path):
     keep = ("text", "sender", "kind", "content", "flags", "sent_at", "reply_to", "recalled_by", "attachments")
     a, b = catalog(home), catalog(tmp_path / "copy")
     assert {k: [str(v[f]) for f in keep] for k, v in a.items()} == {k: [str(v[f]) for f in keep] for k, v in b.items()}
+
+
+def test_device_root_is_enough_when_it_holds_one_account(small):
+    for fmt in ("win3", "v4"):
+        root = _root(small[fmt])
+        with open_reader(fmt, root, key=parse_key(fmt, small[fmt]["key"])) as r:
+            assert r.owner == "wxid_owner01"
+
+
+def test_copies_left_by_a_killed_reader_are_swept(small, tmp_path, monkeypatch):
+    from wxarchive.capture.wechat.sqlcipher import TMP_PREFIX
+
+    monkeypatch.setenv("WXARCHIVE_TMP", str(tmp_path))
+    dead = tmp_path / f"{TMP_PREFIX}dead"
+    dead.mkdir()
+    (dead / "pid").write_text("999999999")
+    (dead / "db").write_bytes(b"encrypted copy")
+    alive = tmp_path / f"{TMP_PREFIX}alive"
+    alive.mkdir()
+    (alive / "pid").write_text(str(__import__("os").getpid()))
+    with reader_for(small["android"], "android"):
+        pass
+    assert not dead.exists() and alive.exists()

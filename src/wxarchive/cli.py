@@ -20,7 +20,7 @@ from rich.table import Table
 from wxarchive import config as cfg
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compliance archive for WeCom and WeChat.")
-simulate_app = typer.Typer(no_args_is_help=True, help="A simulated WeCom tenant for demos and tests.")
+simulate_app = typer.Typer(no_args_is_help=True, help="Simulated WeCom tenants and WeChat devices for demos and tests.")
 ingest_app = typer.Typer(no_args_is_help=True, help="Capture messages into the archive.")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(ingest_app, name="ingest")
@@ -98,6 +98,12 @@ def safe(text: str) -> str:
     """Text from messages, names or the environment, made inert for a terminal (no escape
     sequences); newlines are kept."""
     return text.translate(_CONTROL) if isinstance(text, str) else text
+
+
+def escape_markup(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -316,7 +322,11 @@ def ingest_wechat_cmd(
     what = "--key" if key else f"--key-file {key_file}" if key_file else "WXARCHIVE_WECHAT_KEY"
     material = parse_key(fmt, text, what) if text else None
     reader = open_reader(fmt, path, key=material, imei=imei, uin=uin, account=account)
+    from wxarchive.ingest_wechat import policy_warnings
+
     with reader:
+        for w in policy_warnings(reader, policy):
+            err.print(f"[yellow]warning:[/] {escape_markup(safe(w))}", highlight=False, soft_wrap=True)
         if dry_run:
             plans, _, _ = plan(reader, policy)
             if as_json:
@@ -355,7 +365,8 @@ def ingest_wechat_cmd(
     out.print(f"run {result.run_id} {result.status}: {result.work_conversations} work conversations read, "
               f"{c['pulled']} messages, archived {c['archived']}, duplicates {c['duplicates']}, quarantined "
               f"{c['quarantined']}; {result.personal_conversations} personal conversations with {c['excluded']} "
-              f"messages excluded; media {result.media or 'none'}", highlight=False)
+              f"messages excluded; media: " + (", ".join(f"{n} {state}" for state, n in sorted(result.media.items()))
+                                               or "none"), highlight=False)
     if result.status != "ok":
         fail(result.error or result.status, 1)
 
@@ -439,7 +450,8 @@ def _print_status(st: dict) -> None:
     for k, n in st["messages_by_kind"].items():
         t.add_row(k, str(n))
     out.print(t)
-    out.print(f"media: {st['media'] or 'none'}", highlight=False)
+    out.print("media: " + (", ".join(f"{n} {state}" for state, n in sorted(st["media"].items())) or "none"),
+              highlight=False)
     q = st["quarantined"]
     out.print(f"quarantined: {len(q)}")
     for item in q[:50]:

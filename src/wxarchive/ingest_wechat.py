@@ -73,6 +73,15 @@ def source_of(reader) -> str:
     return f"wechat:{reader.owner}"
 
 
+def policy_warnings(reader, policy: Policy | None) -> list[str]:
+    """Settings of the policy that cannot take effect on this database (said, not ignored)."""
+    out = []
+    if policy and policy.work_labels and not getattr(reader, "labels_supported", True):
+        out.append(f"{policy.path}: work_labels has no effect on {reader.format} databases (their contact labels "
+                   "are not decoded): list those contacts in work_contacts or the customer list")
+    return out
+
+
 def plan(reader, policy: Policy | None) -> tuple[list[ConversationPlan], dict[str, Contact], dict[str, Group]]:
     """Every conversation of the copy with its message count and what the policy does with it."""
     contacts, groups = reader.contacts(), reader.groups()
@@ -100,7 +109,8 @@ def _census(reader, plans: list[ConversationPlan], census: list[ConversationCens
             "personal_conversations": len(census) - len(work), "days": dict(sorted(days.items()))}
 
 
-def _directory(reader, plans: list[ConversationPlan], contacts: dict[str, Contact], groups: dict[str, Group]) -> bytes:
+def _directory(reader, plans: list[ConversationPlan], contacts: dict[str, Contact], groups: dict[str, Group],
+               employee: str | None = None) -> bytes:
     """Names of the people and groups of *work* conversations only."""
     work = [p.talker for p in plans if p.decision.work]
     wanted = set(work) | {reader.owner}
@@ -110,7 +120,7 @@ def _directory(reader, plans: list[ConversationPlan], contacts: dict[str, Contac
     people = [{"id": c.id, "nickname": c.nickname, "remark": c.remark, "alias": c.alias, "labels": c.labels,
                "kind": c.kind} for cid, c in sorted(contacts.items()) if cid in wanted and not cid.endswith("@chatroom")]
     if reader.owner not in contacts:
-        people.append({"id": reader.owner, "nickname": reader.owner_name, "kind": "owner"})
+        people.append({"id": reader.owner, "nickname": reader.owner_name or employee, "kind": "owner"})
     rooms = [{"id": g.id, "name": (contacts[g.id].name if g.id in contacts else g.name), "members": g.members,
               "member_names": g.member_names} for t in work if (g := groups.get(t))]
     return json.dumps({"owner": reader.owner, "people": people, "groups": rooms}, ensure_ascii=False).encode()
@@ -131,7 +141,7 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
                            "customer_list_sha256": policy.customers_sha256}}
     result.run_id = j.append("run.start", run_meta)
     dmeta = {"source": source, "key": f"directory:{now}", "fetched_at": now, "device": str(reader.path)}
-    ddata = _directory(reader, plans, contacts, groups)
+    ddata = _directory(reader, plans, contacts, groups, policy.employee)
     dserial = j.append("wechat.directory", dmeta, ddata)
     c = _census(reader, plans, census)
     result.total, result.counts["excluded"] = c["total"], c["excluded"]
@@ -176,7 +186,8 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
         serial = j.append("run.end", end)
         j.sync()
         apply(archive, [Entry(serial, int(time.time() * 1000), "run.end", end, b"")])
-        log.info("wechat run %s ended %s: %s", result.run_id, result.status, result.counts)
+        log.info("wechat run %s ended %s: %s", result.run_id, result.status,
+                 ", ".join(f"{k} {v}" for k, v in result.counts.items()))
     return result
 
 

@@ -240,6 +240,10 @@ class Scenario:
         pat = (f'<sysmsg type="pat"><pat><fromusername>{col}</fromusername><chatusername>{g}</chatusername>'
                f'<pattedusername>{OWNER}</pattedusername><template><![CDATA["${{{col}}}" 拍了拍 "${{{OWNER}}}"]]></template></pat></sysmsg>')
         self.add(g, None, 10002, pat, "system", text=f'"{col}" 拍了拍 "{OWNER}"', sender_none=True)
+        # two identical notices in one second, without server ids: two messages, not one
+        same = self._tick()
+        for _ in range(2):
+            self.add(c1, None, 10000, "你已添加了张三，现在可以开始聊天了。", "system", svrid=False, t=same, sender_none=True)
         # a row with createTime 0: unknown time, never 1970 (case T2)
         self.add(c2, c2, 1, "没有时间的消息", "text", t=0, flags=["unknown_time"])
         # an unknown future type: kept, as "other", with its body

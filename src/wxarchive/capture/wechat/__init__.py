@@ -47,7 +47,7 @@ def open_reader(fmt: str, path: Path, key: bytes | None = None, imei: str | None
             if not uin:
                 raise WeChatDbError("an Android database needs --key, --key-file, or --uin (with --imei if known)")
             db = android.find_db(path)
-            key = android.pick_passphrase(db, android.passphrases(imei, uin)).encode()
+            key = android.pick_passphrase(db, imei, uin).encode()
         return android.AndroidReader(path, key.decode(), account)
     if key is None:
         raise WeChatDbError(f"a {fmt} database needs the account key: --key-file FILE or env WXARCHIVE_WECHAT_KEY")

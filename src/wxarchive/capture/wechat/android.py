@@ -23,8 +23,8 @@ NO_IMEI = "1234567890ABCDEF"
 REQUIRED = {"msgId", "msgSvrId", "type", "isSend", "createTime", "talker", "content"}
 
 
-def passphrases(imei: str | None, uin: str) -> list[str]:
-    """Candidate 7-character passphrases, most likely first."""
+def candidates(imei: str | None, uin: str) -> list[tuple[str, str, str]]:
+    """(IMEI, uin, passphrase) to try, most likely first."""
     uins = [uin.strip()]
     try:
         n = int(uins[0])
@@ -32,13 +32,18 @@ def passphrases(imei: str | None, uin: str) -> list[str]:
     except ValueError:
         pass
     imeis = [i for i in (imei.strip() if imei else None, NO_IMEI) if i]
-    out: list[str] = []
+    out: list[tuple[str, str, str]] = []
     for i in imeis:
-        for u in uins:
+        for u in dict.fromkeys(uins):
             p = hashlib.md5((i + u).encode()).hexdigest()[:7]
-            if p not in out:
-                out.append(p)
+            if p not in {x[2] for x in out}:
+                out.append((i, u, p))
     return out
+
+
+def passphrases(imei: str | None, uin: str) -> list[str]:
+    """Candidate 7-character passphrases, most likely first."""
+    return [p for _, _, p in candidates(imei, uin)]
 
 
 def find_db(path: Path) -> Path:
@@ -50,9 +55,10 @@ def find_db(path: Path) -> Path:
     raise WeChatDbError(f"{path}: no {DB_NAME} in this folder (give the database file or its account folder)")
 
 
-def pick_passphrase(db: Path, candidates: list[str]) -> str:
+def pick_passphrase(db: Path, imei: str | None, uin: str) -> str:
+    tried = candidates(imei, uin)
     last = None
-    for p in candidates:
+    for _, _, p in tried:
         try:
             sqlcipher.check(db, sqlcipher.ANDROID, p.encode())
             return p
@@ -60,8 +66,10 @@ def pick_passphrase(db: Path, candidates: list[str]) -> str:
             last = e
             if "does not open" not in str(e):
                 raise
-    raise WeChatDbError(f"{db}: none of the {len(candidates)} keys derived from the IMEI and uin opens it "
-                        "(tried the IMEI as given and 1234567890ABCDEF, the uin signed and unsigned)") from last
+    what = "; ".join(f"IMEI {'(none: WeChat’s stand-in) ' if i == NO_IMEI and not imei else ''}{i} with uin {u}"
+                     for i, u, _ in tried)
+    n = len(tried)
+    raise WeChatDbError(f"{db}: no key derived from the IMEI and uin opens it ({n} tried: {what})") from last
 
 
 class AndroidReader(sqlcipher.OpenDatabases):
@@ -139,7 +147,13 @@ class AndroidReader(sqlcipher.OpenDatabases):
         names = [d[0] for d in cur.description]
         for values in cur:
             row = dict(zip(names, values))
-            rec = make_record(self.format, DB_NAME, "message", talker, self.owner, row)
+            occurrence = None
+            if not row.get("msgSvrId"):
+                occurrence = self.conn.execute(
+                    "SELECT count(*) FROM message WHERE talker = ? AND createTime / 1000 = ? AND type = ? AND msgId < ? "
+                    "AND (msgSvrId IS NULL OR msgSvrId = 0)",
+                    (talker, (row["createTime"] or 0) // 1000, row["type"], row["msgId"])).fetchone()[0]
+            rec = make_record(self.format, DB_NAME, "message", talker, self.owner, row, occurrence=occurrence)
             yield RawRow(key, row["msgId"], rec, self._voice(row), row)
 
     def _voice(self, row: dict) -> list[Media]:

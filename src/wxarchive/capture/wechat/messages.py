@@ -165,11 +165,12 @@ def _message(source: str, rec: dict[str, Any], server_id, local_id, base, sub, r
     if prefixed:
         text = stripped
         sender = sender or prefixed
+    system = base in (payloads.SYSTEM, payloads.SYSMSG)
     if is_send:
         sender = owner
-    elif sender is None and not group:
+    elif sender is None and not group and not system:  # a 1:1 message not sent by the owner is the contact's
         sender = talker
-    if group and sender is None and base not in (payloads.SYSTEM, payloads.SYSMSG):
+    if group and sender is None and not system:
         flags.append("sender_unknown")
     if sent_at is None:
         flags.append("unknown_time")
@@ -177,9 +178,8 @@ def _message(source: str, rec: dict[str, Any], server_id, local_id, base, sub, r
     flags.extend(p.flags)
     if base == payloads.VOICE:
         p.attachments = _voice_attachments(rec)
-    msgid = str(server_id) if server_id and int(server_id) > 0 else local_key(talker, local_id, sent_at, raw_type)
-    if sender is None and base in (payloads.SYSTEM, payloads.SYSMSG):
-        sender = None  # system events have no human actor; pat/revoke name theirs in content
+    msgid = str(server_id) if server_id and int(server_id) > 0 else \
+        local_key(talker, sent_at // 1000 if sent_at else None, base, p.text, int(rec.get("occurrence") or 0))
     content = dict(p.content)
     content.update({"local_id": local_id, "file": rec.get("file"), "wechat_type": raw_type})
     if group:

@@ -146,9 +146,13 @@ def make_record(fmt: str, file: str, table: str, talker: str, owner: str, row: d
     return rec
 
 
-def local_key(talker: str, local_id: Any, create_time: Any, type_: Any) -> str:
-    """The message id of a row without a server id (system and local rows)."""
-    h = hashlib.sha256(f"{talker}\x00{local_id}\x00{create_time}\x00{type_}".encode("utf-8", "surrogateescape"))
+def local_key(talker: str, seconds: int | None, base: int, text: str, occurrence: int) -> str:
+    """The message id of a row without a server id (system notices, local rows): chat, time to
+    the second, base type, text, and which of the identical rows of that chat, second and type
+    it is (``occurrence``, counted in the database by the reader) — so the Android, Windows and
+    4.x copies of one account give the same notice the same id, and two identical notices in
+    one second stay two messages."""
+    h = hashlib.sha256(f"{talker}\x00{seconds}\x00{base}\x00{occurrence}\x00{text}".encode("utf-8", "surrogateescape"))
     return "local:" + h.hexdigest()[:24]
 
 

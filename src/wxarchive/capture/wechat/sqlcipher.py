@@ -66,6 +66,10 @@ V4 = Profile("v4", 4096, "sha512", 256000, "sha512", 80, 4)
 PROFILES = {p.name: p for p in (ANDROID, WIN3, V4)}
 
 
+def _article(name: str) -> str:
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
 def derive(profile: Profile, password: bytes, salt: bytes) -> bytes:
     """The AES key SQLCipher derives from ``password`` for a file with this salt."""
     return hashlib.pbkdf2_hmac(profile.kdf_hash, password, salt, profile.kdf_iter, 32)
@@ -122,7 +126,7 @@ def check(path: Path, profile: Profile, password: bytes) -> Opened:
                         profile.hmac_hash).digest()
         if not hmac.compare_digest(want, page[end: end + profile.hmac_size]):
             raise WeChatDbError(f"{path}: the key does not open this database (page 1 fails its HMAC: "
-                                f"wrong key, or not a {profile.name} database)")
+                                f"wrong key, or not {_article(profile.name)} database)")
     plain = _decrypt_page1(profile, page, enc_key)
     # Offsets 16.. of the SQLite header: page size (big-endian; 1 means 65536), versions,
     # reserved bytes, and the fixed payload fractions 64/32/32.
@@ -131,8 +135,8 @@ def check(path: Path, profile: Profile, password: bytes) -> Opened:
             or plain[5:8] != b"\x40\x20\x20"):
         if profile.hmac_hash:  # the HMAC matched, so the key is right but the contents are not SQLite
             raise WeChatDbError(f"{path}: decrypts, but not to an SQLite database of the {profile.name} layout")
-        raise WeChatDbError(f"{path}: the key does not open this database (wrong key, or not a "
-                            f"{profile.name} database)")
+        raise WeChatDbError(f"{path}: the key does not open this database (wrong key, or not "
+                            f"{_article(profile.name)} database)")
     if plain[4] != profile.reserve:
         raise WeChatDbError(f"{path}: reserve of {plain[4]} bytes per page, expected {profile.reserve} for "
                             f"{profile.name} (another WeChat generation? try another --format)")
@@ -149,9 +153,43 @@ def check(path: Path, profile: Profile, password: bytes) -> Opened:
     return Opened(enc_key, salt, pages_in_header)
 
 
+TMP_PREFIX = "wxarchive-wechat-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep(base: Path) -> None:
+    """Remove the private copies of readers that died without closing (kill -9): each folder
+    names its process; only folders of this user whose process is gone are removed."""
+    try:
+        entries = list(base.glob(TMP_PREFIX + "*"))
+    except OSError:
+        return
+    for d in entries:
+        try:
+            if d.stat().st_uid != os.getuid():
+                continue
+            pid = int((d / "pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _private_dir() -> Path:
-    base = os.environ.get("WXARCHIVE_TMP") or None
-    return Path(tempfile.mkdtemp(prefix="wxarchive-wechat-", dir=base))
+    base = Path(os.environ.get("WXARCHIVE_TMP") or tempfile.gettempdir())
+    _sweep(base)
+    d = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=base))  # mode 0700
+    (d / "pid").write_text(str(os.getpid()))
+    return d
 
 
 @contextmanager

@@ -28,17 +28,28 @@ _ACCOUNT_DIR = re.compile(r"^(.+)_[0-9a-fA-F]{4}$")
 
 
 def find_storage(path: Path) -> Path:
+    """``db_storage`` given itself, or found below an account folder, ``xwechat_files`` or a
+    device copy's root (exactly one account there)."""
     for candidate in (path, path / "db_storage"):
         if (candidate / "message").is_dir():
             return candidate
     if not path.exists():
         raise WeChatDbError(f"{path}: no such folder")
-    raise WeChatDbError(f"{path}: not a WeChat 4.x db_storage folder (no message/ in it or in db_storage/)")
+    found = sorted({p.parent for pattern in ("*/db_storage/message", "*/*/db_storage/message")
+                    for p in path.glob(pattern) if p.is_dir()})
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise WeChatDbError(f"{path}: holds {len(found)} WeChat 4.x accounts ({', '.join(p.parent.name for p in found)}); "
+                            "give one account folder")
+    raise WeChatDbError(f"{path}: not a WeChat 4.x db_storage folder (no message/ in it, in db_storage/, or in an "
+                        "account folder below it)")
 
 
 class V4Reader(sqlcipher.OpenDatabases):
     format = "v4"
     profile = sqlcipher.V4
+    labels_supported = False  # 4.x keeps them in contact.extra_buffer, not decoded
 
     def __init__(self, path: Path, key: bytes, account: str | None = None):
         self.path = find_storage(path)
@@ -125,8 +136,14 @@ class V4Reader(sqlcipher.OpenDatabases):
                 cols = [d[0] for d in cur.description]
                 for values in cur:
                     row = dict(zip(cols, values))
+                    occurrence = None
+                    if not row.get("server_id"):
+                        occurrence = conn.execute(
+                            f'SELECT count(*) FROM "{t}" WHERE create_time = ? AND (local_type & 4294967295) = ? '
+                            "AND local_id < ? AND (server_id IS NULL OR server_id = 0)",
+                            (row["create_time"], (row["local_type"] or 0) & 0xFFFFFFFF, row["local_id"])).fetchone()[0]
                     rec = make_record(self.format, file, t, talker, self.owner, row,
-                                      sender=names.get(row["real_sender_id"]))
+                                      sender=names.get(row["real_sender_id"]), occurrence=occurrence)
                     yield RawRow(key, row["local_id"], rec, self._voice(row), row)
 
     def _voice(self, row: dict) -> list[Media]:

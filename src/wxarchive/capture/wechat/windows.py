@@ -25,13 +25,26 @@ _SHARD = re.compile(r"^MSG(\d+)\.db$")
 _MEDIA = re.compile(r"^MediaMSG(\d+)\.db$")
 
 
+def _is_msg_dir(d: Path) -> bool:
+    return (d / "MicroMsg.db").is_file() or (d / "Multi").is_dir()
+
+
 def find_msg_dir(path: Path) -> Path:
+    """The ``Msg`` folder given itself, or found below an account folder, ``WeChat Files`` or a
+    device copy's root (exactly one account there)."""
     for candidate in (path, path / "Msg"):
-        if (candidate / "MicroMsg.db").is_file() or (candidate / "Multi").is_dir():
+        if _is_msg_dir(candidate):
             return candidate
     if not path.exists():
         raise WeChatDbError(f"{path}: no such folder")
-    raise WeChatDbError(f"{path}: not a WeChat 3.x Msg folder (no MicroMsg.db or Multi/ in it or in Msg/)")
+    found = sorted({p for pattern in ("*/Msg", "*/*/Msg") for p in path.glob(pattern) if _is_msg_dir(p)})
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise WeChatDbError(f"{path}: holds {len(found)} WeChat 3.x accounts ({', '.join(p.parent.name for p in found)}); "
+                            "give one account folder")
+    raise WeChatDbError(f"{path}: not a WeChat 3.x Msg folder (no MicroMsg.db or Multi/ in it, in Msg/, or in an "
+                        "account folder below it)")
 
 
 def _numbered(folder: Path, pattern: re.Pattern) -> list[Path]:
@@ -131,7 +144,13 @@ class WindowsReader(sqlcipher.OpenDatabases):
             names = [d[0] for d in cur.description]
             for values in cur:
                 row = dict(zip(names, values))
-                rec = make_record(self.format, file, "MSG", talker, self.owner, row)
+                occurrence = None
+                if not row.get("MsgSvrID"):
+                    occurrence = conn.execute(
+                        "SELECT count(*) FROM MSG WHERE StrTalker = ? AND CreateTime = ? AND Type = ? AND localId < ? "
+                        "AND (MsgSvrID IS NULL OR MsgSvrID = 0)",
+                        (talker, row["CreateTime"], row["Type"], row["localId"])).fetchone()[0]
+                rec = make_record(self.format, file, "MSG", talker, self.owner, row, occurrence=occurrence)
                 yield RawRow(key, row["localId"], rec, self._voice(row), row)
 
     def _voice(self, row: dict) -> list[Media]:
