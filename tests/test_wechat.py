@@ -330,7 +330,7 @@ def test_truncated_file_is_refused(small, fmt, tmp_path):
         open_reader(fmt, copy, key=key, uin=a.get("uin"), account="wxid_owner01")
     with open(db, "r+b") as f:  # cut at a page boundary: the header's page count tells
         f.truncate(size - 2 * page)
-    with pytest.raises(WeChatDbError, match=r"truncated: the header says \d+ pages, the file has"):
+    with pytest.raises(WeChatDbError, match=r"truncated: the database has \d+ pages, the file \d+"):
         open_reader(fmt, copy, key=key, uin=a.get("uin"), account="wxid_owner01")
 
 

@@ -85,8 +85,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from wxarchive.capture.jsonl import ImportError_
     from wxarchive.capture.wechat.policy import PolicyError
     from wxarchive.capture.wechat.sqlcipher import WeChatDbError
+    from wxarchive.ingest_wechat import PolicyCannotApply
 
-    return (ImportError_, PolicyError, WeChatDbError, cfg.ConfigError, ArchiveError, AuditError, RetentionError, CatalogError, BlobError, JournalError, KeyError_, KeyLoadError, SdkError,
+    return (ImportError_, PolicyError, WeChatDbError, PolicyCannotApply, cfg.ConfigError, ArchiveError, AuditError, RetentionError, CatalogError, BlobError, JournalError, KeyError_, KeyLoadError, SdkError,
             SdkLoadError, CaptureError, QueryError)
 
 
@@ -314,21 +315,32 @@ def ingest_wechat_cmd(
     if policy_file is None and not dry_run:
         fail("no --policy: nothing is captured without one (run with --dry-run to list the conversations, "
              "then write a policy; see docs/wechat.md)")
+    if as_json and not dry_run:
+        fail("--json goes with --dry-run (the run itself reports with 'wxarchive status --json')")
     policy = load_policy(policy_file) if policy_file else None
     given = [x for x in (key, key_file) if x]
     if len(given) > 1:
         fail("give the key once: --key or --key-file")
-    text = key if key else cfg.read_secret_file(key_file, "--key-file") if key_file else os.environ.get("WXARCHIVE_WECHAT_KEY")
-    what = "--key" if key else f"--key-file {key_file}" if key_file else "WXARCHIVE_WECHAT_KEY"
+    if key:
+        text, what = key, "--key"
+    elif key_file:
+        text, what = cfg.read_secret_file(key_file, "--key-file"), f"--key-file {key_file}"
+    elif fmt == "android" and uin:  # an explicit --uin wins over a key left in the environment
+        text, what = None, ""
+    else:
+        text, what = os.environ.get("WXARCHIVE_WECHAT_KEY"), "WXARCHIVE_WECHAT_KEY"
     material = parse_key(fmt, text, what) if text else None
     reader = open_reader(fmt, path, key=material, imei=imei, uin=uin, account=account)
     from wxarchive.ingest_wechat import policy_warnings
 
+    def warn(text: str) -> None:
+        err.print(f"[yellow]warning:[/] {escape_markup(safe(text))}", highlight=False, soft_wrap=True)
+
     with reader:
-        for w in policy_warnings(reader, policy):
-            err.print(f"[yellow]warning:[/] {escape_markup(safe(w))}", highlight=False, soft_wrap=True)
         if dry_run:
-            plans, _, _ = plan(reader, policy)
+            plans, contacts, _ = plan(reader, policy)
+            for w in policy_warnings(reader, policy, contacts):
+                warn(w)
             if as_json:
                 for p in plans:
                     print(json.dumps({"conversation": p.talker, "name": p.name, "kind": p.kind, "messages": p.messages,
@@ -355,10 +367,27 @@ def ingest_wechat_cmd(
                 task = bar.add_task("reading", total=None)
 
                 def progress(event: str, info: dict) -> None:
+                    if event == "warning":
+                        bar.console.print(f"[yellow]warning:[/] {escape_markup(safe(info['text']))}",
+                                          highlight=False, soft_wrap=True)
+                        return
                     bar.update(task, description=f"read {info['pulled']}  archived {info['archived']}  "
                                                  f"dup {info['duplicates']}  quarantined {info['quarantined']}")
 
-                result = ingest_wechat(archive, reader, policy, progress)
+                import signal
+
+                stop = {"asked": False}
+
+                def ask_stop(signum, frame):
+                    stop["asked"] = True
+                    bar.console.print("stopping after the current chunk (every row read so far stays archived)")
+
+                old = {sig: signal.signal(sig, ask_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+                try:
+                    result = ingest_wechat(archive, reader, policy, progress, should_stop=lambda: stop["asked"])
+                finally:
+                    for sig, handler in old.items():
+                        signal.signal(sig, handler)
         finally:
             archive.close()
     c = result.counts
@@ -367,6 +396,8 @@ def ingest_wechat_cmd(
               f"{c['quarantined']}; {result.personal_conversations} personal conversations with {c['excluded']} "
               f"messages excluded; media: " + (", ".join(f"{n} {state}" for state, n in sorted(result.media.items()))
                                                or "none"), highlight=False)
+    if result.status == "stopped":
+        raise typer.Exit(130)
     if result.status != "ok":
         fail(result.error or result.status, 1)
 
@@ -1476,7 +1507,10 @@ def main() -> None:
     try:
         app()
     except errors as e:
-        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(safe(str(e)))}", markup=True, highlight=False, soft_wrap=True,
+                  emoji=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

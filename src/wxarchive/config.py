@@ -88,10 +88,17 @@ def load_settings(home: Path) -> Settings:
     return Settings(path, data.get("archive", {}), data.get("wecom", {}))
 
 
+SECRET_FILE_MAX = 64 * 1024  # keys, secrets and passwords are small; more is the wrong file
+
+
 def read_secret_file(path: str | os.PathLike, what: str) -> str:
     p = Path(path).expanduser()
     try:
-        value = p.read_text(encoding="utf-8").strip()
+        with open(p, "rb") as f:
+            raw = f.read(SECRET_FILE_MAX + 1)
+        if len(raw) > SECRET_FILE_MAX:
+            raise ConfigError(f"{what}: file {p} is larger than {SECRET_FILE_MAX // 1024} KiB: not a secret file")
+        value = raw.decode("utf-8").lstrip("\ufeff").strip()
     except FileNotFoundError:
         raise ConfigError(f"{what}: file {p} not found") from None
     except (OSError, UnicodeDecodeError) as e:

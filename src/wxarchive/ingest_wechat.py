@@ -53,6 +53,7 @@ class ConversationPlan:
     kind: str  # direct | group
     messages: int
     decision: Decision
+    raw: Any = None  # the chat id as stored (see ConversationCensus.raw)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class WeChatResult:
     counts: dict[str, int] = field(default_factory=lambda: {
         "pulled": 0, "archived": 0, "duplicates": 0, "quarantined": 0, "excluded": 0})
     media: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     work_conversations: int = 0
     personal_conversations: int = 0
     total: int = 0
@@ -73,24 +75,35 @@ def source_of(reader) -> str:
     return f"wechat:{reader.owner}"
 
 
-def policy_warnings(reader, policy: Policy | None) -> list[str]:
-    """Settings of the policy that cannot take effect on this database (said, not ignored)."""
-    out = []
+class PolicyCannotApply(ValueError):
+    """The copy lacks what the policy needs to find work chats (they would be skipped as personal)."""
+
+
+def policy_warnings(reader, policy: Policy | None, contacts: dict[str, Contact] | None = None) -> list[str]:
+    """What the operator must hear before trusting the run: damaged WAL files, missing tables,
+    and settings of the policy that cannot take effect on this copy (said, not ignored)."""
+    out = list(getattr(reader, "warnings", []))
     if policy and policy.work_labels and not getattr(reader, "labels_supported", True):
         out.append(f"{policy.path}: work_labels has no effect on {reader.format} databases (their contact labels "
                    "are not decoded): list those contacts in work_contacts or the customer list")
+    if policy and reader.owner in policy.work_contacts | policy.colleagues:
+        out.append(f"{policy.path}: {reader.owner} is this device's own account; listing it has no effect")
+    if policy and contacts is not None and not contacts and policy.needs_contacts():
+        out.append(f"{reader.path}: no contacts in this copy, so the policy's labels, names, mobiles and WeChat IDs "
+                   "match nothing: chats that only they make work would be skipped as personal")
     return out
 
 
-def plan(reader, policy: Policy | None) -> tuple[list[ConversationPlan], dict[str, Contact], dict[str, Group]]:
+def plan(reader, policy: Policy | None, census: list[ConversationCensus] | None = None
+         ) -> tuple[list[ConversationPlan], dict[str, Contact], dict[str, Group]]:
     """Every conversation of the copy with its message count and what the policy does with it."""
     contacts, groups = reader.contacts(), reader.groups()
     out = []
-    for c in sorted(reader.census(), key=lambda c: (-c.total, c.talker)):
-        d = policy.decide(c.talker, contacts, groups) if policy else Decision(False, "no policy")
+    for c in sorted(reader.census() if census is None else census, key=lambda c: (-c.total, c.talker)):
+        d = policy.decide(c.talker, contacts, groups, reader.owner) if policy else Decision(False, "no policy")
         who = contacts.get(c.talker)
         out.append(ConversationPlan(c.talker, who.name if who else None,
-                                    "group" if c.talker.endswith("@chatroom") else "direct", c.total, d))
+                                    "group" if c.talker.endswith("@chatroom") else "direct", c.total, d, c.raw))
     return out, contacts, groups
 
 
@@ -126,15 +139,31 @@ def _directory(reader, plans: list[ConversationPlan], contacts: dict[str, Contac
     return json.dumps({"owner": reader.owner, "people": people, "groups": rooms}, ensure_ascii=False).encode()
 
 
-def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn = _noop, batch: int = 2000) -> WeChatResult:
+def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn = _noop, batch: int = 2000,
+                  should_stop: Callable[[], bool] = lambda: False) -> WeChatResult:
+    """Archive the work conversations of ``reader``'s copy (see the module docstring).
+    ``should_stop`` is asked between chunks: the run then ends ``stopped``, every chunk whole."""
     source = source_of(reader)
     result = WeChatResult(source)
     j = archive.journal
     cursor_text = archive.catalog.cursor(source)
     cursor: dict[str, int] = json.loads(cursor_text) if cursor_text else {}
     census = reader.census()
-    plans, contacts, groups = plan(reader, policy)
+    plans, contacts, groups = plan(reader, policy, census)
+    if not contacts and policy.needs_contacts():
+        raise PolicyCannotApply(
+            f"{reader.path}: this copy has no contacts (contact database missing or empty), so {policy.path}'s "
+            "labels, names, mobiles and WeChat IDs can match nothing and the chats they make work would be "
+            "skipped: add the contact database to the copy, or name those chats by id (work_contacts, work_groups)")
+    warnings = policy_warnings(reader, policy, contacts)
+    for w in warnings:
+        progress("warning", {"text": w})
     now = int(time.time() * 1000)
+    ended = []
+    for dead in archive.catalog.unfinished_runs(source):  # killed runs: closed, their rows stay archived
+        meta = {"source": source, "run": dead, "status": "interrupted",
+                "error": "the process ended without closing this run", "counts": {}}
+        ended.append(Entry(j.append("run.end", meta), now, "run.end", meta, b""))
     run_meta = {"source": source, "cursor": cursor_text, "pid": os.getpid(), "format": reader.format,
                 "device": str(reader.path),
                 "policy": {"file": str(policy.path), "sha256": policy.sha256, "employee": policy.employee,
@@ -146,10 +175,11 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
     c = _census(reader, plans, census)
     result.total, result.counts["excluded"] = c["total"], c["excluded"]
     result.work_conversations, result.personal_conversations = c["work_conversations"], c["personal_conversations"]
-    cmeta = {"source": source, **c}
+    cmeta = {"source": source, **c, "warnings": warnings}
+    result.warnings = warnings
     cserial = j.append("wechat.census", cmeta)
     j.sync()
-    apply(archive, [Entry(result.run_id, now, "run.start", run_meta, b""),
+    apply(archive, ended + [Entry(result.run_id, now, "run.start", run_meta, b""),
                     Entry(dserial, now, "wechat.directory", dmeta, ddata),
                     Entry(cserial, now, "wechat.census", cmeta, b"")])
     log.info("wechat run %s: %d conversations (%d work), %d messages in the copy, %d excluded",
@@ -158,20 +188,25 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
     # attachments a killed run journaled the message of but not the outcome: resolved when the row comes again
     pending = {(a["msgid"], a["path"]) for a in archive.catalog.pending_attachments(source)}
     try:
+        result.status = "ok"
         for p in plans:
             if not p.decision.work:
                 continue
             chunk: list[RawRow] = []
-            for row in reader.rows(p.talker, cursor):
+            for row in reader.rows(p.talker, cursor, p.raw):
                 if p.kind == "group":
                     row.record["room_name"] = room_names.get(p.talker)
                 chunk.append(row)
                 if len(chunk) >= batch:
                     _chunk(archive, source, chunk, cursor, result, progress, pending)
                     chunk = []
+                    if should_stop():
+                        break
             if chunk:
                 _chunk(archive, source, chunk, cursor, result, progress, pending)
-        result.status = "ok"
+            if should_stop():
+                result.status = "stopped"
+                break
     except WeChatDbError as e:
         result.status, result.error = "failed", str(e)
     except Exception as e:  # a read error in the middle of a database: the run ends, what was read stays
@@ -180,12 +215,17 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
         if not isinstance(e, database_error_types()):
             raise
         result.status, result.error = "failed", f"{reader.path}: reading stopped: {e}"
+    except BaseException:
+        result.status = "interrupted"
+        raise
     finally:
         end = {"source": source, "run": result.run_id, "status": result.status, "error": result.error,
                "counts": result.counts, "cursor": archive.catalog.cursor(source)}
-        serial = j.append("run.end", end)
+        j.append("run.end", end)
         j.sync()
-        apply(archive, [Entry(serial, int(time.time() * 1000), "run.end", end, b"")])
+        from wxarchive.ingest import catch_up
+
+        catch_up(archive)  # whatever a stopped chunk left unapplied, then this end
         log.info("wechat run %s ended %s: %s", result.run_id, result.status,
                  ", ".join(f"{k} {v}" for k, v in result.counts.items()))
     return result

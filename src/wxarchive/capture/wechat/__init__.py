@@ -21,16 +21,18 @@ _HEX = re.compile(r"^[0-9a-fA-F]+$")
 def parse_key(fmt: str, text: str, what: str = "--key") -> bytes:
     """The key material as the database expects it: Android's 7-character passphrase, or the
     32-byte account key (64 hex characters) of Windows 3.x and 4.x. Never echoed in errors."""
-    t = text.strip()
+    t = text.strip().lstrip("\ufeff").strip()
     if t.lower().startswith("0x"):
         t = t[2:]
     if fmt == "android":
         if len(t) != 7 or not _HEX.match(t):
+            got = f"{len(t)} characters" if len(t) != 7 else "7 characters, not all of them hex digits"
             raise WeChatDbError(f"{what}: an Android key is the 7 hex characters of md5(IMEI + uin); "
-                                f"got {len(t)} characters (or give --imei and --uin)")
+                                f"got {got} (or give --uin, with --imei if known, instead)")
         return t.lower().encode()
     if len(t) != 64 or not _HEX.match(t):
-        raise WeChatDbError(f"{what}: a {fmt} key is 32 bytes written as 64 hex characters; got {len(t)} characters")
+        got = f"{len(t)} characters" if len(t) != 64 else "64 characters, not all of them hex digits"
+        raise WeChatDbError(f"{what}: a {fmt} key is 32 bytes written as 64 hex characters; got {got}")
     return bytes.fromhex(t)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from wxarchive.capture.wechat import sqlcipher
 from wxarchive.capture.wechat.records import (
-    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, make_record,
+    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, ident, label, make_record,
 )
 from wxarchive.capture.wechat.sqlcipher import WeChatDbError
 
@@ -84,10 +84,10 @@ class AndroidReader(sqlcipher.OpenDatabases):
             self._check_schema()
             info = dict(self.conn.execute("SELECT id, value FROM userinfo WHERE id IN (2, 4)").fetchall()) \
                 if self._has("userinfo") else {}
-            self.owner = account or info.get(2) or ""
+            self.owner = account or ident(info.get(2)) or ""
             if not self.owner:
                 raise WeChatDbError(f"{self.path}: userinfo has no own wxid (id 2); pass --account WXID")
-            self.owner_name = info.get(4)
+            self.owner_name = label(info.get(4))
         except BaseException:
             self.close()
             raise
@@ -108,18 +108,19 @@ class AndroidReader(sqlcipher.OpenDatabases):
     def contacts(self) -> dict[str, Contact]:
         labels: dict[str, str] = {}
         if self._has("ContactLabel"):
-            labels = {str(i): n for i, n in self.conn.execute("SELECT labelID, labelName FROM ContactLabel")}
+            labels = {label(i): label(n) for i, n in self.conn.execute("SELECT labelID, labelName FROM ContactLabel")}
         cols = self._columns("rcontact") if self._has("rcontact") else set()
-        if not cols:
+        if "username" not in cols:
             return {}
         sel = sqlcipher.select_list(cols, ("username", "alias", "conRemark", "nickname", "contactLabelIds"))
         out = {}
         for u, alias, remark, nick, label_ids in self.conn.execute(f"SELECT {sel} FROM rcontact"):
+            u = ident(u)
             if not u:
                 continue
-            names = [labels.get(x.strip(), x.strip()) for x in (label_ids or "").split(",") if x.strip()]
-            out[u] = Contact(id=u, nickname=nick or None, remark=remark or None, alias=alias or None, labels=names,
-                             kind=contact_kind(u))
+            names = [labels.get(x.strip(), x.strip()) for x in (label(label_ids) or "").split(",") if x.strip()]
+            out[u] = Contact(id=u, nickname=label(nick) or None, remark=label(remark) or None,
+                             alias=ident(alias) or None, labels=names, kind=contact_kind(u))
         return out
 
     def groups(self) -> dict[str, Group]:
@@ -129,7 +130,10 @@ class AndroidReader(sqlcipher.OpenDatabases):
         cols = self._columns("chatroom")
         sel = sqlcipher.select_list(cols, ("chatroomname", "memberlist", "displayname", "roomowner"))
         for name, members, display, owner in self.conn.execute(f"SELECT {sel} FROM chatroom"):
-            out[name] = Group(id=name, owner=owner or None, members=[m for m in (members or "").split(";") if m])
+            name = ident(name)
+            if name:
+                out[name] = Group(id=name, owner=ident(owner) or None,
+                                  members=[m for m in (ident(members) or "").split(";") if m])
         return out
 
     def census(self) -> list[ConversationCensus]:
@@ -140,25 +144,27 @@ class AndroidReader(sqlcipher.OpenDatabases):
             count_into(out, talker, day, n)
         return list(out.values())
 
-    def rows(self, talker: str, after: dict[str, int]) -> Iterator[RawRow]:
+    def rows(self, talker: str, after: dict[str, int], raw: object = None) -> Iterator[RawRow]:
         key = f"{DB_NAME}|message|{talker}"
-        cur = self.conn.execute("SELECT * FROM message WHERE talker = ? AND msgId > ? ORDER BY msgId",
-                                (talker, after.get(key, 0)))
+        match = "CAST(talker AS BLOB) = ?" if isinstance(raw, bytes) else "talker = ?"
+        cur = self.conn.execute(f"SELECT * FROM message WHERE {match} AND msgId > ? ORDER BY msgId",
+                                (raw if raw is not None else talker, after.get(key, 0)))
         names = [d[0] for d in cur.description]
         for values in cur:
             row = dict(zip(names, values))
             occurrence = None
             if not row.get("msgSvrId"):
                 occurrence = self.conn.execute(
-                    "SELECT count(*) FROM message WHERE talker = ? AND createTime / 1000 = ? AND type = ? AND msgId < ? "
+                    f"SELECT count(*) FROM message WHERE {match} AND createTime / 1000 = ? AND type = ? AND msgId < ? "
                     "AND (msgSvrId IS NULL OR msgSvrId = 0)",
-                    (talker, (row["createTime"] or 0) // 1000, row["type"], row["msgId"])).fetchone()[0]
+                    (raw if raw is not None else talker, _int(row["createTime"]) // 1000, row["type"], row["msgId"])
+                ).fetchone()[0]
             rec = make_record(self.format, DB_NAME, "message", talker, self.owner, row, occurrence=occurrence)
             yield RawRow(key, row["msgId"], rec, self._voice(row), row)
 
     def _voice(self, row: dict) -> list[Media]:
         """``voice2/<h[0:2]>/<h[2:4]>/msg_<imgPath>.amr`` with ``h = md5(imgPath)`` beside the database."""
-        if (int(row.get("type") or 0) & 0xFFFF) != 34 or not row.get("imgPath"):
+        if (_int(row.get("type")) & 0xFFFF) != 34 or not row.get("imgPath"):
             return []
         stem = row["imgPath"]
         if not isinstance(stem, str) or "/" in stem or "\\" in stem or stem.startswith("."):
@@ -171,3 +177,7 @@ class AndroidReader(sqlcipher.OpenDatabases):
             return []
         return [Media("", "voice", data, "audio/amr" if data.startswith(b"#!AMR") else "audio/silk")]
 
+
+
+def _int(v: object) -> int:
+    return v if isinstance(v, int) else 0

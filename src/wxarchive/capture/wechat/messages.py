@@ -27,7 +27,7 @@ from wxarchive.capture.wechat.records import decode_value, local_key
 from wxarchive.model import Attachment, AttachmentState, Message
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-LZ4_MAX = 64 << 20
+LZ4_MAX = 16 << 20  # no WeChat message body comes near; more is a decompression bomb
 
 
 class ParseError(ValueError):
@@ -59,7 +59,7 @@ def lz4_block(data: bytes) -> bytes:
             return lz4.block.decompress(data, uncompressed_size=size).rstrip(b"\x00")
         except lz4.block.LZ4BlockError:
             if size >= LZ4_MAX:
-                raise ParseError("CompressContent is not an LZ4 block (or decodes to more than 64 MiB)") from None
+                raise ParseError("CompressContent is not an LZ4 block (or decodes to more than 16 MiB)") from None
             size *= 4
 
 
@@ -106,50 +106,85 @@ def parse_row(data: bytes, source: str) -> Message:
 
 
 def parse_values(rec: dict[str, Any], row: dict[str, Any], source: str) -> Message:
-    """The same as :func:`parse_row`, from the record and the row's values as read."""
+    """The same as :func:`parse_row`, from the record and the row's values as read.
+
+    Whatever a hostile or damaged row holds, the outcome is a message or a ParseError (the
+    row is then quarantined): never another exception, which would stop the catalog."""
     fmt = rec.get("format")
+    if fmt not in _FORMATS:
+        raise ParseError(f"unknown record format {fmt!r}")
     try:
         fields = _FORMATS[fmt](row, rec)
+        return _message(source, rec, *fields)
+    except ParseError:
+        raise
     except KeyError as e:
-        if fmt not in _FORMATS:
-            raise ParseError(f"unknown record format {fmt!r}") from None
         raise ParseError(f"{rec.get('file')}:{rec.get('table')}: column {e.args[0]} missing") from None
-    return _message(source, rec, *fields)
+    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError, UnicodeError) as e:
+        raise ParseError(f"{rec.get('file')}:{rec.get('table')}: a value of an unexpected type or size "
+                         f"({e.__class__.__name__})") from None
+
+
+# times a row may carry and the rest of the archive can show (years 1971 to 9999, in ms)
+MIN_MS, MAX_MS = 31_536_000_000, 253_402_300_799_999
+
+
+def _number(row: dict[str, Any], col: str, required: bool = False) -> int | None:
+    """An INTEGER column as an int; a value of another type is unusable (None, or a ParseError
+    when the mapping cannot do without it)."""
+    v = row[col] if required else row.get(col)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if v is None and not required:
+        return None
+    if required:
+        raise ParseError(f"column {col} holds a {type(v).__name__}, not an integer")
+    return None
+
+
+def _time_ms(row: dict[str, Any], col: str, scale: int, flags: list[str]) -> int | None:
+    """A creation time as epoch ms, or None (unknown) — flagged when the value was there but
+    unusable (not an integer, or outside years 1971–9999)."""
+    v = row.get(col)
+    if v is None or v == 0:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or not MIN_MS <= v * scale <= MAX_MS:
+        flags.append("time_unusable")
+        return None
+    return v * scale
 
 
 def _android(row: dict[str, Any], rec: dict[str, Any]):
-    t = int(row["type"] or 0)
-    ms = row.get("createTime")
-    return (row.get("msgSvrId"), row["msgId"], t & 0xFFFF, None, t, ms if ms else None,
-            bool(row.get("isSend")), None, row.get("content"))
+    flags: list[str] = []
+    t = _number(row, "type", required=True)
+    return (_number(row, "msgSvrId"), row["msgId"], t & 0xFFFF, None, t, _time_ms(row, "createTime", 1, flags),
+            bool(row.get("isSend")), None, row.get("content"), flags)
 
 
 def _win3(row: dict[str, Any], rec: dict[str, Any]):
     flags = []
     body = row.get("StrContent")
     cc = row.get("CompressContent")
-    base, sub = int(row["Type"] or 0), row.get("SubType")
+    base, sub = _number(row, "Type", required=True), _number(row, "SubType")
     if isinstance(cc, bytes) and cc:
         body = lz4_block(cc)
         flags.append("from_compress_content")
     extra = row.get("BytesExtra")
     sender = bytes_extra_sender(extra) if isinstance(extra, bytes) and extra else None
-    s = row.get("CreateTime")
-    return (row.get("MsgSvrID"), row["localId"], base, sub if base == payloads.APP else None, f"{base}/{sub}",
-            s * 1000 if s else None, bool(row.get("IsSender")), sender, body, flags)
+    return (_number(row, "MsgSvrID"), row["localId"], base, sub if base == payloads.APP else None, f"{base}/{sub}",
+            _time_ms(row, "CreateTime", 1000, flags), bool(row.get("IsSender")), sender, body, flags)
 
 
 def _v4(row: dict[str, Any], rec: dict[str, Any]):
-    lt = int(row["local_type"] or 0)
+    lt = _number(row, "local_type", required=True)
     body = row.get("message_content")
     flags = []
     if isinstance(body, bytes) and body.startswith(ZSTD_MAGIC):
         body = zstd(body)
         flags.append("zstd")
-    s = row.get("create_time")
     is_send = rec.get("sender") == rec.get("owner") if rec.get("sender") else None
-    return (row.get("server_id"), row["local_id"], lt & 0xFFFFFFFF, (lt >> 32) or None, lt,
-            s * 1000 if s else None, is_send, rec.get("sender"), body, flags)
+    return (_number(row, "server_id"), row["local_id"], lt & 0xFFFFFFFF, (lt >> 32) or None, lt,
+            _time_ms(row, "create_time", 1000, flags), is_send, rec.get("sender"), body, flags)
 
 
 _FORMATS = {"android": _android, "win3": _win3, "v4": _v4}

@@ -93,13 +93,20 @@ class Policy:
                     return "customer list (name)"
         return None
 
-    def decide(self, talker: str, contacts: dict[str, Contact], groups: dict[str, Group]) -> Decision:
+    def needs_contacts(self) -> bool:
+        """Whether some rule can only match through the contact table (labels, names, mobiles, WeChat IDs)."""
+        return bool(self.work_labels or self.customers.names or self.customers.mobiles or self.customers.ids)
+
+    def decide(self, talker: str, contacts: dict[str, Contact], groups: dict[str, Group],
+               owner: str | None = None) -> Decision:
         if talker.endswith("@chatroom"):
             if talker in self.work_groups:
                 return Decision(True, "work_groups")
             if self.groups_with_work_contacts:
                 g = groups.get(talker)
                 for member in (g.members if g else []):
+                    if member == owner:  # the device's owner is in every group: never what makes one work
+                        continue
                     why = self.contact_reason(member, contacts.get(member))
                     if why:
                         return Decision(True, f"group with a work contact ({why})")
@@ -132,7 +139,7 @@ def load(path: Path) -> Policy:
     except OSError as e:
         raise PolicyError(f"{path}: cannot read ({e.strerror or e.__class__.__name__})") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        data = tomllib.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise PolicyError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
@@ -140,7 +147,10 @@ def load(path: Path) -> Policy:
     unknown = sorted(set(data) - KEYS)
     if unknown:
         raise PolicyError(f"{path}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(KEYS))})")
-    p = Policy(path=path, sha256=hashlib.sha256(raw).hexdigest(), employee=data.get("employee") if isinstance(data.get("employee"), str) else None,
+    for key in ("employee", "device"):
+        if key in data and not isinstance(data[key], str):
+            raise PolicyError(f"{path}: {key} must be a string")
+    p = Policy(path=path, sha256=hashlib.sha256(raw).hexdigest(), employee=data.get("employee"),
                work_contacts=_strings(path, data, "work_contacts"), work_groups=_strings(path, data, "work_groups"),
                work_labels=_strings(path, data, "work_labels"), colleagues=_strings(path, data, "colleagues"),
                openim_contacts=_bool(path, data, "openim_contacts", True),

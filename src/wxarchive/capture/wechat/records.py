@@ -53,12 +53,34 @@ class ConversationCensus:
     talker: str
     total: int = 0
     per_day: dict[str | None, int] = field(default_factory=dict)
+    raw: Any = None  # the chat id exactly as stored, to query its rows by (when it is not valid text)
 
 
-def count_into(out: dict[str, ConversationCensus], talker: str | None, day: str | None, n: int) -> None:
-    c = out.get(talker or "")
+def ident(v: Any) -> str | None:
+    """An id (wxid, chat id) as text: stored bytes that are not UTF-8 are written with
+    backslash escapes, so two different ids never become one."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "backslashreplace")
+    return str(v)
+
+
+def label(v: Any) -> str | None:
+    """A name or other display text: bytes that are not UTF-8 shown with U+FFFD."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return str(v)
+
+
+def count_into(out: dict[str, ConversationCensus], talker: Any, day: Any, n: int) -> None:
+    tid = ident(talker) or ""
+    c = out.get(tid)
     if c is None:
-        c = out[talker or ""] = ConversationCensus(talker or "")
+        c = out[tid] = ConversationCensus(tid, raw=talker)
+    day = label(day)
     c.total += n
     c.per_day[day] = c.per_day.get(day, 0) + n
 

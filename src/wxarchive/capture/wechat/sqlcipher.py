@@ -87,11 +87,76 @@ def _decrypt_page1(profile: Profile, page: bytes, enc_key: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Opened:
-    """What :func:`check` learnt: the derived key, the salt and the page count in the header."""
+    """What :func:`check` learnt: the derived key, the salt, the page count in the header, and
+    what is wrong with the ``-wal`` (the run goes on without what SQLite cannot use of it)."""
 
     enc_key: bytes
     salt: bytes
     pages_in_header: int
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class WalInfo:
+    committed_pages: set[int]  # pages of the frames SQLite will use (up to the last valid commit)
+    db_pages: int | None  # the database size in pages after that commit
+    problem: str | None  # frames of the current WAL that SQLite will ignore, and why
+
+
+_WAL_MAGIC = (0x377F0682, 0x377F0683)
+
+
+def _wal_sum(data: bytes, s0: int, s1: int, big: bool) -> tuple[int, int]:
+    words = struct.unpack(f"{'>' if big else '<'}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def wal_info(wal: Path, page_size: int) -> WalInfo | None:
+    """Read a ``-wal`` file's frame headers and checksums (both plaintext under SQLCipher) the way
+    SQLite will: which committed frames it will apply, and whether frames of the current WAL
+    are damaged or cut off (then the newest messages would be missing without a word)."""
+    try:
+        data = wal.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return WalInfo(set(), None, f"cannot be read ({e.strerror or e.__class__.__name__})")
+    if len(data) <= 32:
+        return WalInfo(set(), None, None if not data else f"{len(data)} bytes: not even a WAL header")
+    magic, _version, psize, _seq, salt1, salt2, c1, c2 = struct.unpack(">8I", data[:32])
+    frames = (len(data) - 32) // (24 + page_size)
+    if magic not in _WAL_MAGIC or psize != page_size:
+        return WalInfo(set(), None, f"damaged header (magic {magic:#x}, page size {psize}): all {frames} frames ignored")
+    big = magic & 1
+    s0, s1 = _wal_sum(data[:24], 0, 0, big)
+    if (s0, s1) != (c1, c2):
+        return WalInfo(set(), None, f"header checksum mismatch: all {frames} frames ignored")
+    pages: set[int] = set()
+    pending: set[int] = set()
+    committed, db_pages, valid, problem = set(), None, 0, None
+    pos = 32
+    while pos + 24 + page_size <= len(data):
+        pgno, commit, f1, f2, k1, k2 = struct.unpack(">6I", data[pos: pos + 24])
+        if (f1, f2) != (salt1, salt2):
+            break  # a frame of an earlier WAL generation: SQLite ignores it, rightly
+        s0, s1 = _wal_sum(data[pos: pos + 8] + data[pos + 24: pos + 24 + page_size], s0, s1, big)
+        if (s0, s1) != (k1, k2):
+            problem = f"frame {valid + 1} of {frames} fails its checksum: it and the {frames - valid - 1} after it are ignored"
+            break
+        valid += 1
+        pending.add(pgno)
+        if commit:
+            pages |= pending
+            committed, db_pages, pending = set(pages), commit, set()
+        pos += 24 + page_size
+    else:
+        rest = len(data) - pos
+        if rest:
+            problem = f"ends with an incomplete frame ({rest} bytes): cut short while being copied or written"
+    return WalInfo(committed, db_pages, problem)
 
 
 def check(path: Path, profile: Profile, password: bytes) -> Opened:
@@ -142,15 +207,19 @@ def check(path: Path, profile: Profile, password: bytes) -> Opened:
                             f"{profile.name} (another WeChat generation? try another --format)")
     pages_in_header = struct.unpack(">I", plain[12:16])[0]
     change_counter, valid_for = struct.unpack(">I", plain[8:12])[0], struct.unpack(">I", plain[76:80])[0]
-    wal = Path(str(path) + "-wal")
     if size % profile.page_size:
         raise WeChatDbError(f"{path}: {size} bytes is not a whole number of {profile.page_size}-byte pages "
                             "(truncated or damaged copy)")
-    if (change_counter == valid_for and pages_in_header > size // profile.page_size
-            and not (wal.exists() and wal.stat().st_size > 32)):
-        raise WeChatDbError(f"{path}: truncated: the header says {pages_in_header} pages, the file has "
-                            f"{size // profile.page_size}")
-    return Opened(enc_key, salt, pages_in_header)
+    wal = wal_info(Path(str(path) + "-wal"), profile.page_size)
+    have = size // profile.page_size
+    need = wal.db_pages if wal and wal.db_pages else pages_in_header if change_counter == valid_for else have
+    missing = [n for n in range(have + 1, need + 1) if not (wal and n in wal.committed_pages)]
+    if missing:
+        raise WeChatDbError(f"{path}: truncated: the database has {need} pages, the file {have}"
+                            + (f" and its -wal holds not all of the rest ({len(missing)} missing)" if wal else ""))
+    warnings = (f"{path}-wal: {wal.problem}; the newest messages may be missing: take the copy again",) \
+        if wal and wal.problem else ()
+    return Opened(enc_key, salt, pages_in_header, warnings)
 
 
 TMP_PREFIX = "wxarchive-wechat-"
@@ -215,6 +284,7 @@ def open_db(path: Path, profile: Profile, password: bytes) -> Iterator:
         except OSError as e:
             raise WeChatDbError(f"{path}: cannot copy for reading ({e.strerror or e.__class__.__name__})") from None
         conn = sqlcipher3.connect(str(copy), check_same_thread=False)
+        conn.execute("PRAGMA cipher_log_level = NONE")  # its errors reach the operator as ours, one line each
         conn.text_factory = bytes
         conn.execute(f"PRAGMA key = \"x'{opened.enc_key.hex()}{opened.salt.hex()}'\"")
         conn.execute(f"PRAGMA cipher_compatibility = {profile.compatibility}")
@@ -225,11 +295,68 @@ def open_db(path: Path, profile: Profile, password: bytes) -> Iterator:
         except sqlcipher3.DatabaseError as e:
             raise WeChatDbError(f"{path}: SQLCipher cannot read it after the key check ({e})") from None
         conn.execute("PRAGMA query_only = 1")
-        yield conn
+        yield ReadConnection(conn, path, opened.warnings)
     finally:
         if conn is not None:
             conn.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class ReadConnection:
+    """A read-only connection whose failures (a damaged page, a missing table) are
+    :class:`WeChatDbError` naming the database file, wherever in a run they happen."""
+
+    def __init__(self, conn, path: Path, warnings: tuple[str, ...] = ()):
+        import sqlcipher3
+
+        self._conn, self.path, self._errors, self.warnings = conn, path, (sqlcipher3.Error,), list(warnings)
+
+    @property
+    def text_factory(self):
+        return self._conn.text_factory
+
+    @text_factory.setter
+    def text_factory(self, f) -> None:
+        self._conn.text_factory = f
+
+    def _error(self, e: BaseException) -> WeChatDbError:
+        return WeChatDbError(f"{self.path}: cannot be read: {e} (damaged or incomplete copy?)")
+
+    def execute(self, sql: str, params: tuple = ()) -> "Rows":
+        try:
+            return Rows(self._conn.execute(sql, params), self)
+        except self._errors as e:
+            raise self._error(e) from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class Rows:
+    def __init__(self, cur, conn: ReadConnection):
+        self._cur, self._conn = cur, conn
+
+    @property
+    def description(self):
+        return self._cur.description
+
+    def __iter__(self):
+        try:
+            yield from self._cur
+        except self._conn._errors as e:
+            raise self._conn._error(e) from None
+
+    def fetchone(self):
+        try:
+            return self._cur.fetchone()
+        except self._conn._errors as e:
+            raise self._conn._error(e) from None
+
+    def fetchall(self):
+        try:
+            return self._cur.fetchall()
+        except self._conn._errors as e:
+            raise self._conn._error(e) from None
 
 
 def database_error_types() -> tuple[type[BaseException], ...]:
@@ -239,17 +366,23 @@ def database_error_types() -> tuple[type[BaseException], ...]:
     return (sqlcipher3.DatabaseError,)
 
 
+def quote(name: str) -> str:
+    """An identifier for SQL text, whatever characters the database gave it."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def has_table(conn, table: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() is not None
 
 
 def columns(conn, table: str) -> set[str]:
-    return {r[1] if isinstance(r[1], str) else r[1].decode() for r in conn.execute(f'PRAGMA table_info("{table}")')}
+    return {r[1] if isinstance(r[1], str) else bytes(r[1]).decode("utf-8", "backslashreplace")
+            for r in conn.execute(f"PRAGMA table_info({quote(table)})")}
 
 
 def select_list(cols: set[str], wanted: tuple[str, ...]) -> str:
     """The wanted columns, NULL for those this version's table lacks."""
-    return ", ".join(f'"{c}"' if c in cols else "NULL" for c in wanted)
+    return ", ".join(quote(c) if c in cols else "NULL" for c in wanted)
 
 
 def schema_error(path, conn, table: str, missing: set[str]) -> WeChatDbError:
@@ -266,12 +399,14 @@ class OpenDatabases:
 
     def __init__(self) -> None:
         self._stack = ExitStack()
+        self.warnings: list[str] = []  # problems that do not stop the run, said to the operator and journaled
 
     def open(self, f: Path, key: bytes):
         from wxarchive.capture.wechat.records import text_factory
 
         conn = self._stack.enter_context(open_db(f, self.profile, key))
         conn.text_factory = text_factory
+        self.warnings.extend(conn.warnings)
         return conn
 
     def close(self) -> None:

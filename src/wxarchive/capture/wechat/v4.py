@@ -17,7 +17,7 @@ from pathlib import Path
 
 from wxarchive.capture.wechat import sqlcipher
 from wxarchive.capture.wechat.records import (
-    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, make_record,
+    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, ident, label, make_record,
 )
 from wxarchive.capture.wechat.windows import room_members
 from wxarchive.capture.wechat.sqlcipher import WeChatDbError
@@ -71,10 +71,14 @@ class V4Reader(sqlcipher.OpenDatabases):
                 conn = self.open(f, key)
                 if not sqlcipher.has_table(conn, "Name2Id"):
                     raise WeChatDbError(f"{f}: decrypts, but has no Name2Id table: not a WeChat 4.x message shard")
-                names = {rid: u for rid, u in conn.execute("SELECT rowid, user_name FROM Name2Id")}
-                by_md5 = {hashlib.md5(u.encode("utf-8", "surrogateescape")).hexdigest(): u for u in names.values() if u}
+                raw_names = conn.execute("SELECT rowid, user_name FROM Name2Id").fetchall()
+                names = {rid: ident(u) for rid, u in raw_names}
+                by_md5 = {hashlib.md5(u if isinstance(u, bytes) else u.encode()).hexdigest(): ident(u)
+                          for _, u in raw_names if isinstance(u, (str, bytes)) and u}
                 tables = {}
                 for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'Msg\\_%' ESCAPE '\\'"):
+                    if not isinstance(t, str):
+                        raise WeChatDbError(f"{f}: a table whose name is not text ({ident(t)!r})")
                     missing = REQUIRED - sqlcipher.columns(conn, t)
                     if missing:
                         raise sqlcipher.schema_error(f, conn, t, missing)
@@ -82,8 +86,21 @@ class V4Reader(sqlcipher.OpenDatabases):
                 self.shards.append((f"message/{f.name}", conn, names, tables))
             contact = self.path / "contact" / "contact.db"
             self.contact = self.open(contact, key) if contact.exists() else None
+            if self.contact is None:
+                self.warnings.append(f"{contact}: missing from the copy: no contact names, and no policy rule "
+                                     "by name, mobile or WeChat ID can match")
+            elif not sqlcipher.has_table(self.contact, "contact") or \
+                    "username" not in sqlcipher.columns(self.contact, "contact"):
+                self.warnings.append(f"{contact}: has no contact table with usernames: contacts unavailable")
             media = msg_dir / "media_0.db"
             self.media = self.open(media, key) if media.exists() else None
+            if self.media is not None and not {"svr_id", "voice_data"} <= sqlcipher.columns(self.media, "VoiceInfo"):
+                self.warnings.append(f"{media}: no VoiceInfo(svr_id, voice_data) table: voice messages are archived "
+                                     "without their audio")
+                self.media = None
+            if account is None and not any(self.owner in names.values() for _, _, names, _ in self.shards):
+                self.warnings.append(f"{self.path}: the account {self.owner} (taken from the folder name) sent no "
+                                     "message in these shards; if the folder was renamed, pass --account WXID")
         except BaseException:
             self.close()
             raise
@@ -96,14 +113,16 @@ class V4Reader(sqlcipher.OpenDatabases):
         cols = sqlcipher.columns(c, "contact")
         labels = {}
         if sqlcipher.has_table(c, "contact_label"):
-            labels = {str(i): n for i, n in c.execute("SELECT label_id_, label_name_ FROM contact_label")}
+            labels = {label(i): label(n) for i, n in c.execute("SELECT label_id_, label_name_ FROM contact_label")}
         sel = sqlcipher.select_list(cols, ("username", "alias", "remark", "nick_name", "description", "label_id_list"))
         out = {}
         for u, alias, remark, nick, desc, label_ids in c.execute(f"SELECT {sel} FROM contact"):
+            u = ident(u)
             if u:
-                names = [labels.get(x.strip(), x.strip()) for x in (label_ids or "").split(",") if x.strip()]
-                out[u] = Contact(u, nickname=nick or None, remark=remark or None, alias=alias or None,
-                                 description=desc or None, labels=names, kind=contact_kind(u))
+                names = [labels.get(x.strip(), x.strip()) for x in (label(label_ids) or "").split(",") if x.strip()]
+                out[u] = Contact(u, nickname=label(nick) or None, remark=label(remark) or None,
+                                 alias=ident(alias) or None, description=label(desc) or None, labels=names,
+                                 kind=contact_kind(u))
         return out
 
     def groups(self) -> dict[str, Group]:
@@ -111,43 +130,50 @@ class V4Reader(sqlcipher.OpenDatabases):
         if c is None or not sqlcipher.has_table(c, "chat_room"):
             return {}
         out = {}
-        for rid, name, owner, ext in c.execute("SELECT id, username, owner, ext_buffer FROM chat_room"):
+        sel = sqlcipher.select_list(sqlcipher.columns(c, "chat_room"), ("username", "owner", "ext_buffer"))
+        for name, owner, ext in c.execute(f"SELECT {sel} FROM chat_room"):
+            name = ident(name)
+            if not name:
+                continue
             names = room_members(ext) if isinstance(ext, bytes) else {}
-            out[name] = Group(name, owner=owner or None, members=list(names), member_names={k: v for k, v in names.items() if v})
+            out[name] = Group(name, owner=ident(owner) or None, members=list(names),
+                              member_names={k: v for k, v in names.items() if v})
         return out
 
     def census(self) -> list[ConversationCensus]:
         out: dict[str, ConversationCensus] = {}
         for _, conn, _, tables in self.shards:
             for t, talker in tables.items():
-                q = (f'SELECT CASE WHEN create_time > 0 THEN date(create_time, \'unixepoch\') END, count(*) '
-                     f'FROM "{t}" GROUP BY 1')
+                q = (f"SELECT CASE WHEN create_time > 0 THEN date(create_time, 'unixepoch') END, count(*) "
+                     f"FROM {sqlcipher.quote(t)} GROUP BY 1")
                 for day, n in conn.execute(q):
                     count_into(out, talker, day, n)
         return list(out.values())
 
-    def rows(self, talker: str, after: dict[str, int]) -> Iterator[RawRow]:
+    def rows(self, talker: str, after: dict[str, int], raw: object = None) -> Iterator[RawRow]:
         for file, conn, names, tables in self.shards:
             for t, who in tables.items():
                 if who != talker:
                     continue
                 key = f"{file}|{t}|{talker}"
-                cur = conn.execute(f'SELECT * FROM "{t}" WHERE local_id > ? ORDER BY local_id', (after.get(key, 0),))
+                cur = conn.execute(f"SELECT * FROM {sqlcipher.quote(t)} WHERE local_id > ? ORDER BY local_id",
+                                   (after.get(key, 0),))
                 cols = [d[0] for d in cur.description]
                 for values in cur:
                     row = dict(zip(cols, values))
                     occurrence = None
                     if not row.get("server_id"):
                         occurrence = conn.execute(
-                            f'SELECT count(*) FROM "{t}" WHERE create_time = ? AND (local_type & 4294967295) = ? '
+                            f"SELECT count(*) FROM {sqlcipher.quote(t)} WHERE create_time IS ? AND local_type IS ? "
                             "AND local_id < ? AND (server_id IS NULL OR server_id = 0)",
-                            (row["create_time"], (row["local_type"] or 0) & 0xFFFFFFFF, row["local_id"])).fetchone()[0]
+                            (row["create_time"], row["local_type"], row["local_id"])).fetchone()[0]
                     rec = make_record(self.format, file, t, talker, self.owner, row,
                                       sender=names.get(row["real_sender_id"]), occurrence=occurrence)
                     yield RawRow(key, row["local_id"], rec, self._voice(row), row)
 
     def _voice(self, row: dict) -> list[Media]:
-        if (int(row.get("local_type") or 0) & 0xFFFFFFFF) != 34 or self.media is None or not row.get("server_id"):
+        lt, sid = row.get("local_type"), row.get("server_id")
+        if not isinstance(lt, int) or lt & 0xFFFFFFFF != 34 or self.media is None or not isinstance(sid, int) or not sid:
             return []
         got = self.media.execute("SELECT voice_data FROM VoiceInfo WHERE svr_id = ?", (row["server_id"],)).fetchone()
         return [Media("", "voice", bytes(got[0]), "audio/silk")] if got and got[0] else []

@@ -16,7 +16,7 @@ from pathlib import Path
 from wxarchive.capture.protobuf import ProtobufError, iter_fields
 from wxarchive.capture.wechat import sqlcipher
 from wxarchive.capture.wechat.records import (
-    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, make_record,
+    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, ident, label, make_record,
 )
 from wxarchive.capture.wechat.sqlcipher import WeChatDbError
 
@@ -60,7 +60,7 @@ def room_members(blob: bytes) -> dict[str, str]:
             if num == 1 and isinstance(val, bytes):
                 m = dict(iter_fields(val))
                 if isinstance(m.get(1), bytes):
-                    out[m[1].decode("utf-8", "replace")] = m[2].decode("utf-8", "replace") if isinstance(m.get(2), bytes) else ""
+                    out[ident(m[1])] = label(m[2]) if isinstance(m.get(2), bytes) else ""
     except ProtobufError:
         return out
     return out
@@ -93,7 +93,17 @@ class WindowsReader(sqlcipher.OpenDatabases):
                 self.shards.append((f"Multi/{f.name}", conn))
             micro = self.path / "MicroMsg.db"
             self.micro = self.open(micro, key) if micro.exists() else None
-            self.media = [self.open(f, key) for f in _numbered(self.path / "Multi", _MEDIA)]
+            if self.micro is None:
+                self.warnings.append(f"{micro}: missing from the copy: no contact names or labels, and no policy "
+                                     "rule by label, name, mobile or WeChat ID can match")
+            self.media = []
+            for f in _numbered(self.path / "Multi", _MEDIA):
+                conn = self.open(f, key)
+                if {"Reserved0", "Buf"} <= sqlcipher.columns(conn, "Media"):
+                    self.media.append(conn)
+                else:
+                    self.warnings.append(f"{f}: no Media(Reserved0, Buf) table: its voice messages are archived "
+                                         "without their audio")
         except BaseException:
             self.close()
             raise
@@ -105,14 +115,15 @@ class WindowsReader(sqlcipher.OpenDatabases):
             return {}
         labels = {}
         if sqlcipher.has_table(c, "ContactLabel"):
-            labels = {str(i): n for i, n in c.execute("SELECT LabelId, LabelName FROM ContactLabel")}
+            labels = {label(i): label(n) for i, n in c.execute("SELECT LabelId, LabelName FROM ContactLabel")}
         sel = sqlcipher.select_list(sqlcipher.columns(c, "Contact"), ("UserName", "Alias", "Remark", "NickName", "LabelIDList"))
         out = {}
         for u, alias, remark, nick, label_ids in c.execute(f"SELECT {sel} FROM Contact"):
+            u = ident(u)
             if u:
-                names = [labels.get(x.strip(), x.strip()) for x in (label_ids or "").split(",") if x.strip()]
-                out[u] = Contact(u, nickname=nick or None, remark=remark or None, alias=alias or None, labels=names,
-                                 kind=contact_kind(u))
+                names = [labels.get(x.strip(), x.strip()) for x in (label(label_ids) or "").split(",") if x.strip()]
+                out[u] = Contact(u, nickname=label(nick) or None, remark=label(remark) or None,
+                                 alias=ident(alias) or None, labels=names, kind=contact_kind(u))
         return out
 
     def groups(self) -> dict[str, Group]:
@@ -122,8 +133,12 @@ class WindowsReader(sqlcipher.OpenDatabases):
         sel = sqlcipher.select_list(sqlcipher.columns(c, "ChatRoom"), ("ChatRoomName", "UserNameList", "Reserved2", "RoomData"))
         out = {}
         for name, members, owner, data in c.execute(f"SELECT {sel} FROM ChatRoom"):
+            name = ident(name)
+            if not name:
+                continue
             names = room_members(data) if isinstance(data, bytes) else {}
-            out[name] = Group(name, owner=owner or None, members=[m for m in (members or "").split("^G") if m],
+            out[name] = Group(name, owner=ident(owner) or None,
+                              members=[m for m in (ident(members) or "").split("^G") if m],
                               member_names={k: v for k, v in names.items() if v})
         return out
 
@@ -136,25 +151,27 @@ class WindowsReader(sqlcipher.OpenDatabases):
                 count_into(out, talker, day, n)
         return list(out.values())
 
-    def rows(self, talker: str, after: dict[str, int]) -> Iterator[RawRow]:
+    def rows(self, talker: str, after: dict[str, int], raw: object = None) -> Iterator[RawRow]:
+        match = "CAST(StrTalker AS BLOB) = ?" if isinstance(raw, bytes) else "StrTalker = ?"
+        value = raw if raw is not None else talker
         for file, conn in self.shards:
             key = f"{file}|MSG|{talker}"
-            cur = conn.execute("SELECT * FROM MSG WHERE StrTalker = ? AND localId > ? ORDER BY localId",
-                               (talker, after.get(key, 0)))
+            cur = conn.execute(f"SELECT * FROM MSG WHERE {match} AND localId > ? ORDER BY localId",
+                               (value, after.get(key, 0)))
             names = [d[0] for d in cur.description]
             for values in cur:
                 row = dict(zip(names, values))
                 occurrence = None
                 if not row.get("MsgSvrID"):
                     occurrence = conn.execute(
-                        "SELECT count(*) FROM MSG WHERE StrTalker = ? AND CreateTime = ? AND Type = ? AND localId < ? "
+                        f"SELECT count(*) FROM MSG WHERE {match} AND CreateTime IS ? AND Type IS ? AND localId < ? "
                         "AND (MsgSvrID IS NULL OR MsgSvrID = 0)",
-                        (talker, row["CreateTime"], row["Type"], row["localId"])).fetchone()[0]
+                        (value, row["CreateTime"], row["Type"], row["localId"])).fetchone()[0]
                 rec = make_record(self.format, file, "MSG", talker, self.owner, row, occurrence=occurrence)
                 yield RawRow(key, row["localId"], rec, self._voice(row), row)
 
     def _voice(self, row: dict) -> list[Media]:
-        if row.get("Type") != 34 or not row.get("MsgSvrID"):
+        if row.get("Type") != 34 or not isinstance(row.get("MsgSvrID"), int) or not row["MsgSvrID"]:
             return []
         for conn in self.media:
             got = conn.execute("SELECT Buf FROM Media WHERE Reserved0 = ?", (row["MsgSvrID"],)).fetchone()
