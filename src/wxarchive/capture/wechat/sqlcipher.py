@@ -293,7 +293,7 @@ def open_db(path: Path, profile: Profile, password: bytes) -> Iterator:
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlcipher3.DatabaseError as e:
-            raise WeChatDbError(f"{path}: SQLCipher cannot read it after the key check ({e})") from None
+            raise WeChatDbError(f"{path}: cannot be read: {e} (the key is right: damaged or incomplete copy?)") from None
         conn.execute("PRAGMA query_only = 1")
         yield ReadConnection(conn, path, opened.warnings)
     finally:
