@@ -354,6 +354,7 @@ def test_unknown_schema_names_the_version(tmp_path):
     c.execute("PRAGMA cipher_default_compatibility = 1")
     c.execute("PRAGMA key = 'abcdef1'")
     c.execute("PRAGMA user_version = 9")
+    c.execute("PRAGMA cipher_default_compatibility = 4")  # process-wide: back to SQLCipher 4's
     c.execute("CREATE TABLE message (msgId INTEGER PRIMARY KEY, svrMsgId INTEGER, kind INT, body BLOB)")
     c.commit()
     c.close()
@@ -377,6 +378,8 @@ def test_win3_shard_missing_a_needed_column(small, tmp_path):
     c.execute("PRAGMA cipher_default_compatibility = 3")
     c.execute("PRAGMA cipher_default_page_size = 4096")
     c.set_key(bytes.fromhex(a["key"]))
+    c.execute("PRAGMA user_version = 1")  # the first access fixes the settings; then the defaults go back
+    c.execute("PRAGMA cipher_default_compatibility = 4")
     c.execute("CREATE TABLE MSG (localId INTEGER PRIMARY KEY, MsgSvrID INT, Type INT, SubType INT, IsSender INT, "
               "CreateTime INT, StrContent TEXT)")
     c.commit()

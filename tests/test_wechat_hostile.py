@@ -34,6 +34,9 @@ def edit(db: Path, fmt: str, key: str, *sql: str | tuple) -> None:
         c.execute(f"PRAGMA key = '{key}'")
     else:
         c.set_key(bytes.fromhex(key))
+    c.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    c.execute("PRAGMA cipher_default_compatibility = 4")  # process-wide: back to SQLCipher 4's
+    c.execute("PRAGMA cipher_default_page_size = 4096")
     for q in sql:
         c.execute(*q) if isinstance(q, tuple) else c.execute(q)
     c.commit()

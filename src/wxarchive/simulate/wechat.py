@@ -285,7 +285,10 @@ def _connect(path: Path, compat: int, page: int, key: bytes | str):
         conn.set_key(key)
     else:
         conn.execute(f"PRAGMA key = '{key}'")
-    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA journal_mode = WAL")  # the first access: the cipher settings are now fixed
+    # the defaults are process-wide: put SQLCipher 4's back for every other connection of this process
+    conn.execute("PRAGMA cipher_default_compatibility = 4")
+    conn.execute("PRAGMA cipher_default_page_size = 4096")
     conn.execute("PRAGMA wal_autocheckpoint = 0")
     conn.execute("PRAGMA synchronous = OFF")
     return conn

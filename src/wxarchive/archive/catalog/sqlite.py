@@ -97,6 +97,9 @@ def connect_dbapi(path: Path, key: bytes | None = None, readonly: bool = False):
     con = sqlcipher.connect(f"file:{path}?mode=ro" if readonly else str(path), uri=readonly,
                             check_same_thread=False)
     con.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+    # explicit, not the process's defaults: reading WeChat databases (or their fixtures) in the same
+    # process may have changed SQLCipher's default compatibility and page size
+    con.execute("PRAGMA cipher_compatibility = 4")
     try:
         con.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlcipher.DatabaseError:
