@@ -52,8 +52,10 @@ else:
     from wxarchive.capture.wechat.policy import load
     from wxarchive.ingest_wechat import ingest_wechat
     import wxarchive.ingest_wechat as iw
-    if mode == "no-catalog":
+    if mode == "no-catalog":  # the catalog left behind the journal (a later writer would catch it up)
+        import wxarchive.ingest as ing
         iw.apply = lambda *a, **k: None
+        ing.catch_up = lambda *a, **k: 0
     with Archive.open(Path(home), create=True) as ar, open_reader("v4", Path(device), key=parse_key("v4", key)) as r:
         res = ingest_wechat(ar, r, load(Path(policy)))
     out = {"messages": res.total, "archived": res.counts["archived"], "excluded": res.counts["excluded"],
