@@ -241,3 +241,66 @@ def test_sigint_stops_between_chunks_and_a_rerun_completes(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-1000:]
     assert len(catalog(home)) == a["work"]
+
+
+def test_zstd_bomb_is_quarantined_not_archived(base, tmp_path):
+    import zstandard
+
+    a = copy_device(tmp_path, base["v4"], "dev")
+    db, t = v4_table(a, "wxid_client01")
+    bomb = zstandard.ZstdCompressor(level=3).compress(b"B" * (64 << 20))  # the header states its size
+    edit(db, "v4", a["key"], (f"INSERT INTO {t} (server_id, local_type, real_sender_id, create_time, message_content, "
+                              "WCDB_CT_message_content) VALUES (9200000000000000001, 1, 2, 1709900000, ?, 4)", (bomb,)))
+    r = ingest(tmp_path / "home", a, "v4")
+    assert r.status == "ok" and r.counts["quarantined"] == 1
+    assert "9200000000000000001" not in catalog(tmp_path / "home")
+
+
+def test_a_reinstalled_copy_whose_local_ids_start_again_is_read_again(base, tmp_path):
+    """The cursor keeps the row it stopped at: when that row is gone or another (reinstall,
+    restored backup, recreated table), the chat is read from its start; ids deduplicate."""
+    a = copy_device(tmp_path, base["android"], "dev")
+    home = tmp_path / "home"
+    assert ingest(home, a, "android").status == "ok"
+    before = len(catalog(home))
+    db = next(Path(a["device"]).rglob("EnMicroMsg.db"))
+    edit(db, "android", a["key"], "DELETE FROM message",
+         *[f"INSERT INTO message (msgId, msgSvrId, type, isSend, createTime, talker, content) VALUES "
+           f"({i}, {9300000000000000000 + i}, 1, 0, {1709990000000 + i * 1000}, 'wxid_client01', 'after reinstall {i}')"
+           for i in (1, 2, 3)])
+    r = ingest(home, a, "android")
+    assert r.counts["archived"] == 3 and len(catalog(home)) == before + 3
+    assert any("no longer holds the row" in w for w in r.warnings), r.warnings
+
+
+def test_missing_label_table_is_said(base, tmp_path):
+    a = copy_device(tmp_path, base["win3"], "dev")
+    edit(Path(a["device"]) / "Msg" / "MicroMsg.db", "win3", a["key"], "DROP TABLE ContactLabel")
+    with Archive.open(tmp_path / "home", create=True) as ar, \
+            open_reader("win3", Path(a["device"]), key=parse_key("win3", a["key"])) as r:
+        res = ingest_wechat(ar, r, load_policy(_root(a) / "policy.toml"))
+    assert any("no ContactLabel table" in w for w in res.warnings), res.warnings
+
+
+def test_wal_cut_before_its_commit_is_said(base, tmp_path):
+    a = copy_device(tmp_path, base["v4"], "dev")
+    wal = Path(a["device"]) / "db_storage" / "message" / "message_1.db-wal"
+    data = wal.read_bytes()
+    frames = (len(data) - 32) // (24 + 4096)
+    wal.write_bytes(data[: 32 + (frames - 1) * (24 + 4096)])  # the commit frame is the last one
+    with open_reader("v4", Path(a["device"]), key=parse_key("v4", a["key"])) as r:
+        assert any("belong to no committed transaction" in w for w in r.warnings), r.warnings
+
+
+def test_two_android_accounts_in_one_folder_are_refused(base, tmp_path):
+    root = _root(copy_device(tmp_path, base["android"], "dev"))
+    mm = next(root.rglob("EnMicroMsg.db")).parent
+    shutil.copytree(mm, mm.parent / "0123456789abcdef0123456789abcdef")
+    with pytest.raises(WeChatDbError, match="holds 2 Android accounts"):
+        open_reader("android", root, key=b"abcdef1")
+
+
+def test_a_path_the_system_refuses_is_one_line(tmp_path):
+    p = run("ingest", "wechat", str(tmp_path / ("x" * 300)), "--format", "v4", "--key", "11" * 32, "--dry-run",
+            home=tmp_path / "h")
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.startswith("error:"), p.stderr

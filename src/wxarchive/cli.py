@@ -1504,9 +1504,12 @@ def main() -> None:
         errors = _user_errors()
     except ImportError as e:  # a broken install is reported, not hidden
         raise SystemExit(f"error: wxarchive is not installed completely ({e})")
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
     try:
         app()
-    except errors as e:
+    except (*errors, OSError) as e:  # OSError: a path the user gave that the system refuses (too long, a file for a folder…)
         from rich.markup import escape
 
         err.print(f"[bold red]error:[/] {escape(safe(str(e)))}", markup=True, highlight=False, soft_wrap=True,

@@ -147,7 +147,9 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
     result = WeChatResult(source)
     j = archive.journal
     cursor_text = archive.catalog.cursor(source)
-    cursor: dict[str, int] = json.loads(cursor_text) if cursor_text else {}
+    stored: dict[str, Any] = json.loads(cursor_text) if cursor_text else {}
+    cursor: dict[str, int] = {k: (v[0] if isinstance(v, list) else v) for k, v in stored.items()}
+    marks: dict[str, str] = {k: v[1] for k, v in stored.items() if isinstance(v, list)}
     census = reader.census()
     plans, contacts, groups = plan(reader, policy, census)
     if not contacts and policy.needs_contacts():
@@ -156,6 +158,14 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
             "labels, names, mobiles and WeChat IDs can match nothing and the chats they make work would be "
             "skipped: add the contact database to the copy, or name those chats by id (work_contacts, work_groups)")
     warnings = policy_warnings(reader, policy, contacts)
+    work = {p.talker for p in plans if p.decision.work}
+    for key, mark in sorted(marks.items()):  # local ids start again after a reinstall or a restored backup
+        if key.rsplit("|", 1)[-1] in work and reader.fingerprint(key, cursor[key]) != mark:
+            warnings.append(f"{reader.path}: {key.split('|')[0]} table {key.split('|')[1]} no longer holds the row "
+                            f"the last run stopped at (local id {cursor[key]}): rewritten or restored; read again "
+                            "from its start (rows already archived are recognised by their ids)")
+            del cursor[key]
+            del marks[key]
     for w in warnings:
         progress("warning", {"text": w})
     now = int(time.time() * 1000)
@@ -198,12 +208,12 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
                     row.record["room_name"] = room_names.get(p.talker)
                 chunk.append(row)
                 if len(chunk) >= batch:
-                    _chunk(archive, source, chunk, cursor, result, progress, pending)
+                    _chunk(archive, source, chunk, cursor, marks, result, progress, pending)
                     chunk = []
                     if should_stop():
                         break
             if chunk:
-                _chunk(archive, source, chunk, cursor, result, progress, pending)
+                _chunk(archive, source, chunk, cursor, marks, result, progress, pending)
             if should_stop():
                 result.status = "stopped"
                 break
@@ -231,8 +241,8 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
     return result
 
 
-def _chunk(archive: Archive, source: str, chunk: list[RawRow], cursor: dict[str, int], result: WeChatResult,
-           progress: ProgressFn, pending: set[tuple[str, str]]) -> None:
+def _chunk(archive: Archive, source: str, chunk: list[RawRow], cursor: dict[str, int], marks: dict[str, str],
+           result: WeChatResult, progress: ProgressFn, pending: set[tuple[str, str]]) -> None:
     j = archive.journal
     datas = [encode_record(r.record) for r in chunk]
     parsed: list[tuple[Message | None, str | None]] = []
@@ -272,9 +282,12 @@ def _chunk(archive: Archive, source: str, chunk: list[RawRow], cursor: dict[str,
         media.extend((key, a.path, row) for a in msg.attachments if a.state is AttachmentState.PENDING)
     after = [_media(archive, source, key, path, row, result, now) for key, path, row in media]
     for row in chunk:
-        cursor[row.cursor_key] = max(cursor.get(row.cursor_key, 0), int(row.local_id))
+        if int(row.local_id) >= cursor.get(row.cursor_key, 0):
+            cursor[row.cursor_key] = int(row.local_id)
+            marks[row.cursor_key] = row.fingerprint
     j.sync()  # rows and media before the cursor that covers them
-    cmeta = {"source": source, "cursor": json.dumps(cursor, sort_keys=True, separators=(",", ":"))}
+    cmeta = {"source": source, "cursor": json.dumps({k: [v, marks.get(k, "")] for k, v in cursor.items()},
+                                                    sort_keys=True, separators=(",", ":"))}
     cserial = j.append("cursor", cmeta)
     j.sync()
     # one catalog transaction: messages are inserted before any media outcome updates them

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from wxarchive.capture.wechat import sqlcipher
 from wxarchive.capture.wechat.records import (
-    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, ident, label, make_record,
+    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, fingerprint, ident, label,
+    make_record,
 )
 from wxarchive.capture.wechat.sqlcipher import WeChatDbError
 
@@ -49,9 +50,14 @@ def passphrases(imei: str | None, uin: str) -> list[str]:
 def find_db(path: Path) -> Path:
     if path.is_file() or not path.exists():
         return path
-    for candidate in [path / DB_NAME, *sorted(path.glob(f"*/{DB_NAME}")), *sorted(path.glob(f"*/*/{DB_NAME}"))]:
-        if candidate.is_file():
-            return candidate
+    if (path / DB_NAME).is_file():
+        return path / DB_NAME
+    found = [p for p in [*sorted(path.glob(f"*/{DB_NAME}")), *sorted(path.glob(f"*/*/{DB_NAME}"))] if p.is_file()]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise WeChatDbError(f"{path}: holds {len(found)} Android accounts ({', '.join(p.parent.name for p in found)}); "
+                            "give one account folder")
     raise WeChatDbError(f"{path}: no {DB_NAME} in this folder (give the database file or its account folder)")
 
 
@@ -111,6 +117,7 @@ class AndroidReader(sqlcipher.OpenDatabases):
             labels = {label(i): label(n) for i, n in self.conn.execute("SELECT labelID, labelName FROM ContactLabel")}
         cols = self._columns("rcontact") if self._has("rcontact") else set()
         if "username" not in cols:
+            self._warn(f"{self.path}: no rcontact table with usernames: no contact names, labels or WeChat IDs")
             return {}
         sel = sqlcipher.select_list(cols, ("username", "alias", "conRemark", "nickname", "contactLabelIds"))
         out = {}
@@ -121,7 +128,15 @@ class AndroidReader(sqlcipher.OpenDatabases):
             names = [labels.get(x.strip(), x.strip()) for x in (label(label_ids) or "").split(",") if x.strip()]
             out[u] = Contact(id=u, nickname=label(nick) or None, remark=label(remark) or None,
                              alias=ident(alias) or None, labels=names, kind=contact_kind(u))
+        if not labels and any(c.labels for c in out.values()):
+            self.labels_supported = False
+            self._warn(f"{self.path}: contacts carry label ids but there is no ContactLabel table to name them: "
+                       "work_labels cannot match")
         return out
+
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
 
     def groups(self) -> dict[str, Group]:
         if not self._has("chatroom"):
@@ -160,7 +175,11 @@ class AndroidReader(sqlcipher.OpenDatabases):
                     (raw if raw is not None else talker, _int(row["createTime"]) // 1000, row["type"], row["msgId"])
                 ).fetchone()[0]
             rec = make_record(self.format, DB_NAME, "message", talker, self.owner, row, occurrence=occurrence)
-            yield RawRow(key, row["msgId"], rec, self._voice(row), row)
+            yield RawRow(key, row["msgId"], rec, self._voice(row), row, fingerprint(row["msgSvrId"], row["createTime"]))
+
+    def fingerprint(self, cursor_key: str, local_id: int) -> str | None:
+        got = self.conn.execute("SELECT msgSvrId, createTime FROM message WHERE msgId = ?", (local_id,)).fetchone()
+        return fingerprint(*got) if got else None
 
     def _voice(self, row: dict) -> list[Media]:
         """``voice2/<h[0:2]>/<h[2:4]>/msg_<imgPath>.amr`` with ``h = md5(imgPath)`` beside the database."""

@@ -66,10 +66,15 @@ def lz4_block(data: bytes) -> bytes:
 def zstd(data: bytes) -> bytes:
     import zstandard
 
-    try:
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=LZ4_MAX)
+    import io
+
+    try:  # streamed, so the cap holds whatever size the frame header claims
+        out = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read(LZ4_MAX + 1)
     except zstandard.ZstdError as e:
         raise ParseError(f"message_content is not a readable zstd frame ({e.__class__.__name__})") from None
+    if len(out) > LZ4_MAX:
+        raise ParseError("message_content decompresses to more than 16 MiB (a decompression bomb?)")
+    return out
 
 
 def bytes_extra_sender(blob: bytes) -> str | None:
@@ -148,10 +153,17 @@ def _time_ms(row: dict[str, Any], col: str, scale: int, flags: list[str]) -> int
     v = row.get(col)
     if v is None or v == 0:
         return None
-    if not isinstance(v, int) or isinstance(v, bool) or not MIN_MS <= v * scale <= MAX_MS:
+    if isinstance(v, float) and v == v and abs(v) < 1e15:  # a REAL time (some tools write them): to the ms
+        v_ms = int(round(v * scale))
+    elif isinstance(v, int) and not isinstance(v, bool):
+        v_ms = v * scale
+    else:
         flags.append("time_unusable")
         return None
-    return v * scale
+    if not MIN_MS <= v_ms <= MAX_MS:
+        flags.append("time_unusable")
+        return None
+    return v_ms
 
 
 def _android(row: dict[str, Any], rec: dict[str, Any]):

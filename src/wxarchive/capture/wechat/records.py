@@ -100,6 +100,11 @@ class RawRow:
     record: dict[str, Any]  # {"v", "format", "file", "table", "talker", "owner", "sender"?, "row"}
     media: list[Media] = field(default_factory=list)
     values: dict[str, Any] | None = None  # the row as read (what "row" encodes), to parse without decoding
+    fingerprint: str = ""  # server id and time: the cursor checks the row it stopped at is still this one
+
+
+def fingerprint(server_id: Any, time: Any) -> str:
+    return f"{server_id}:{time}"
 
 
 class Reader(Protocol):

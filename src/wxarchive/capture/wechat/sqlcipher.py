@@ -156,6 +156,9 @@ def wal_info(wal: Path, page_size: int) -> WalInfo | None:
         rest = len(data) - pos
         if rest:
             problem = f"ends with an incomplete frame ({rest} bytes): cut short while being copied or written"
+    if problem is None and pending:
+        problem = (f"its last {len(pending)} page(s) belong to no committed transaction (a write in progress when "
+                   "copied, or a copy cut short): they are ignored")
     return WalInfo(committed, db_pages, problem)
 
 

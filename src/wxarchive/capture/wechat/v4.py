@@ -17,7 +17,8 @@ from pathlib import Path
 
 from wxarchive.capture.wechat import sqlcipher
 from wxarchive.capture.wechat.records import (
-    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, ident, label, make_record,
+    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, fingerprint, ident, label,
+    make_record,
 )
 from wxarchive.capture.wechat.windows import room_members
 from wxarchive.capture.wechat.sqlcipher import WeChatDbError
@@ -169,7 +170,17 @@ class V4Reader(sqlcipher.OpenDatabases):
                             (row["create_time"], row["local_type"], row["local_id"])).fetchone()[0]
                     rec = make_record(self.format, file, t, talker, self.owner, row,
                                       sender=names.get(row["real_sender_id"]), occurrence=occurrence)
-                    yield RawRow(key, row["local_id"], rec, self._voice(row), row)
+                    yield RawRow(key, row["local_id"], rec, self._voice(row), row,
+                                 fingerprint(row["server_id"], row["create_time"]))
+
+    def fingerprint(self, cursor_key: str, local_id: int) -> str | None:
+        file, table = cursor_key.split("|", 2)[:2]
+        for f, conn, _, tables in self.shards:
+            if f == file and table in tables:
+                got = conn.execute(f"SELECT server_id, create_time FROM {sqlcipher.quote(table)} WHERE local_id = ?",
+                                   (local_id,)).fetchone()
+                return fingerprint(*got) if got else None
+        return None
 
     def _voice(self, row: dict) -> list[Media]:
         lt, sid = row.get("local_type"), row.get("server_id")

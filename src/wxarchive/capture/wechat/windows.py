@@ -16,7 +16,8 @@ from pathlib import Path
 from wxarchive.capture.protobuf import ProtobufError, iter_fields
 from wxarchive.capture.wechat import sqlcipher
 from wxarchive.capture.wechat.records import (
-    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, ident, label, make_record,
+    Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, fingerprint, ident, label,
+    make_record,
 )
 from wxarchive.capture.wechat.sqlcipher import WeChatDbError
 
@@ -124,6 +125,12 @@ class WindowsReader(sqlcipher.OpenDatabases):
                 names = [labels.get(x.strip(), x.strip()) for x in (label(label_ids) or "").split(",") if x.strip()]
                 out[u] = Contact(u, nickname=label(nick) or None, remark=label(remark) or None,
                                  alias=ident(alias) or None, labels=names, kind=contact_kind(u))
+        if not labels and any(c.labels for c in out.values()):
+            self.labels_supported = False
+            text = (f"{self.path / 'MicroMsg.db'}: contacts carry label ids but there is no ContactLabel table to "
+                    "name them: work_labels cannot match")
+            if text not in self.warnings:
+                self.warnings.append(text)
         return out
 
     def groups(self) -> dict[str, Group]:
@@ -168,7 +175,16 @@ class WindowsReader(sqlcipher.OpenDatabases):
                         "AND (MsgSvrID IS NULL OR MsgSvrID = 0)",
                         (value, row["CreateTime"], row["Type"], row["localId"])).fetchone()[0]
                 rec = make_record(self.format, file, "MSG", talker, self.owner, row, occurrence=occurrence)
-                yield RawRow(key, row["localId"], rec, self._voice(row), row)
+                yield RawRow(key, row["localId"], rec, self._voice(row), row,
+                             fingerprint(row["MsgSvrID"], row["CreateTime"]))
+
+    def fingerprint(self, cursor_key: str, local_id: int) -> str | None:
+        file = cursor_key.split("|", 1)[0]
+        for f, conn in self.shards:
+            if f == file:
+                got = conn.execute("SELECT MsgSvrID, CreateTime FROM MSG WHERE localId = ?", (local_id,)).fetchone()
+                return fingerprint(*got) if got else None
+        return None
 
     def _voice(self, row: dict) -> list[Media]:
         if row.get("Type") != 34 or not isinstance(row.get("MsgSvrID"), int) or not row["MsgSvrID"]:
