@@ -147,6 +147,9 @@ def test_damaged_wal_is_said_and_journaled(base, tmp_path):
     with Archive.open(home, readonly=True) as ar:
         census = [e.meta for e in ar.journal.entries(kinds={"wechat.census"})][-1]
     assert census["warnings"] == r.warnings
+    st = json.loads(run("status", "--json", home=home).stdout)
+    assert st["wechat"][0]["warnings"] == r.warnings
+    assert "fails its checksum" in run("status", home=home).stdout
     wal.write_bytes(bytes(data[: 32 + 24 + 4096 + 1000]))  # cut inside the second frame
     b = copy_device(tmp_path, a, "dev2")
     with open_reader("v4", Path(b["device"]), key=parse_key("v4", b["key"])) as rd:

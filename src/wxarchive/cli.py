@@ -476,6 +476,8 @@ def _print_status(st: dict) -> None:
                   f"{w['work_conversations']} work conversations + {w['excluded']} excluded in "
                   f"{w['personal_conversations']} personal; archived for this account {w['archived']}  {ok}",
                   highlight=False)
+        for text in w.get("warnings", []):
+            out.print(f"    [yellow]warning:[/] {escape_markup(safe(text))}", highlight=False, soft_wrap=True)
     out.print(f"messages {st['messages']}, conversations {st['conversations']}, participants {st['participants']}")
     t = Table("kind", "messages", title="messages by kind")
     for k, n in st["messages_by_kind"].items():

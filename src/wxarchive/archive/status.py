@@ -47,6 +47,7 @@ def status(engine, tz: str = "UTC", runs_shown: int = 10) -> dict[str, Any]:
                            "captured": cen.get("captured"), "excluded": cen.get("excluded"),
                            "work_conversations": cen.get("work_conversations"),
                            "personal_conversations": cen.get("personal_conversations"), "archived": archived,
+                           "warnings": cen.get("warnings", []),
                            "reconciled": cen.get("captured", 0) + cen.get("excluded", 0) == cen.get("total")
                            and archived >= cen.get("captured", 0)})
         n_conv = c.execute(select(func.count()).select_from(s.conversations)).scalar()
