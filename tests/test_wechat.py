@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from wxarchive.archive.archive import Archive
-from wxarchive.capture.wechat import WeChatDbError, open_reader, parse_key
+from wxarchive.capture.wechat import WeChatDbError, open_reader, parse_image_key, parse_key
 from wxarchive.capture.wechat.policy import load as load_policy
 from wxarchive.ingest_wechat import ingest_wechat
 from wxarchive.simulate.wechat import MARKER, generate_device
@@ -34,7 +34,8 @@ def reader_for(answer: dict, fmt: str):
     dev = Path(answer["device"])
     if fmt == "android":
         return open_reader(fmt, dev, uin=answer["uin"])  # no key, no IMEI: derived (case W6)
-    return open_reader(fmt, dev, key=parse_key(fmt, answer["key"]))
+    image_key = parse_image_key(answer["image_key"]) if answer.get("image_key") else None
+    return open_reader(fmt, dev, key=parse_key(fmt, answer["key"]), image_key=image_key)
 
 
 def ingest(home: Path, answer: dict, fmt: str):
@@ -118,6 +119,13 @@ def test_archive_equals_answer_key(archived):
         if "attachments" in e:
             got = sorted(f"{a['kind']}:{a['state']}" for a in m["attachments"])
             assert got == sorted(e["attachments"]), (got, e)
+        if "media_sha256" in e:  # the file on the device, unwrapped, is what was archived
+            assert sorted(a["sha256"] for a in m["attachments"] if a["sha256"] and a["kind"] != "voice_wav"
+                          and a["kind"] != "voice") == sorted(e["media_sha256"]), e
+            if e.get("media_reason"):
+                assert any(e["media_reason"] in (a["reason"] or "") for a in m["attachments"]), (m["attachments"], e)
+            else:
+                assert all(not a["reason"] for a in m["attachments"] if a["state"] == "present"), m["attachments"]
 
 
 def test_second_read_adds_nothing_and_newer_copy_adds_exactly_the_new(archived, tmp_path):
@@ -164,6 +172,10 @@ def test_personal_chats_never_reach_journal_catalog_or_logs(archived):
             blob = e.data + json.dumps(e.meta, ensure_ascii=False).encode()
             assert MARKER.encode() not in blob, e.kind
             assert b"wxid_friend02" not in blob and "家人群".encode() not in blob, e.kind
+        blobs = [f.name for f in (home / "blobs").rglob("*") if f.is_file() and len(f.name) == 64]
+        assert len(blobs) >= (4 if fmt == "android" else 6)  # voice, WAV, images, video (and the file)
+        for sha in blobs:  # media of personal chats are never read, so never stored
+            assert MARKER.encode() not in ar.blobs.get(sha), sha
         census = [e.meta for e in ar.journal.entries() if e.kind == "wechat.census"][-1]
     assert census["captured"] + census["excluded"] == census["total"] == answer["total"]
     assert census["captured"] == answer["work"]

@@ -301,12 +301,14 @@ def ingest_wechat_cmd(
     uin: Optional[str] = typer.Option(None, "--uin", help="Android: the account uin (may be negative)."),
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="TOML policy: which chats are work."),
     account: Optional[str] = typer.Option(None, "--account", help="The device owner's wxid, when the folder does not tell."),
+    image_key_file: Optional[Path] = typer.Option(None, "--image-key-file", help="v4: file holding the account's image "
+                                                  "key (V2 .dat images; or env WXARCHIVE_WECHAT_IMAGE_KEY)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List every conversation, its size and what the policy "
                                                           "would do; archive nothing."),
     as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per conversation."),
 ) -> None:
     """Archive the work chats of a WeChat account from its (encrypted) databases."""
-    from wxarchive.capture.wechat import open_reader, parse_key
+    from wxarchive.capture.wechat import open_reader, parse_image_key, parse_key
     from wxarchive.capture.wechat.policy import load as load_policy
     from wxarchive.ingest_wechat import ingest_wechat, plan
 
@@ -330,7 +332,13 @@ def ingest_wechat_cmd(
     else:
         text, what = os.environ.get("WXARCHIVE_WECHAT_KEY"), "WXARCHIVE_WECHAT_KEY"
     material = parse_key(fmt, text, what) if text else None
-    reader = open_reader(fmt, path, key=material, imei=imei, uin=uin, account=account)
+    image_key = None
+    if image_key_file:
+        image_key = parse_image_key(cfg.read_secret_file(image_key_file, "--image-key-file"),
+                                    f"--image-key-file {image_key_file}")
+    elif os.environ.get("WXARCHIVE_WECHAT_IMAGE_KEY"):
+        image_key = parse_image_key(os.environ["WXARCHIVE_WECHAT_IMAGE_KEY"], "WXARCHIVE_WECHAT_IMAGE_KEY")
+    reader = open_reader(fmt, path, key=material, imei=imei, uin=uin, account=account, image_key=image_key)
     from wxarchive.ingest_wechat import policy_warnings
 
     def warn(text: str) -> None:

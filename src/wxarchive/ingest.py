@@ -153,7 +153,7 @@ def apply(archive: Archive, entries: list[Entry], parsed: dict[int, tuple[Messag
                          m.get("raw_serial") or e.serial, m.get("cursor"), "quarantined", m.get("reason"))
             elif e.kind == "media":
                 b.attachment_result(m["source"], m["key"], m["path"], m["state"], m.get("reason"),
-                                    m.get("sha256"), m.get("size"))
+                                    m.get("sha256"), m.get("size"), m.get("media_type"))
             elif e.kind == "cursor":
                 b.cursor(m["source"], m["cursor"], e.serial)
             elif e.kind == "run.start":

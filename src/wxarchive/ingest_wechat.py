@@ -30,12 +30,12 @@ from typing import Any
 from wxarchive.archive.archive import Archive
 from wxarchive.archive.journal import Entry
 from wxarchive.capture.wechat import messages as wmessages
-from wxarchive.capture.wechat import voice
+from wxarchive.capture.wechat import mediafiles, voice
 from wxarchive.capture.wechat.policy import Decision, Policy
 from wxarchive.capture.wechat.sqlcipher import WeChatDbError
 from wxarchive.capture.wechat.records import Contact, ConversationCensus, Group, RawRow, encode_record
 from wxarchive.ingest import apply
-from wxarchive.model import AttachmentState, Message
+from wxarchive.model import Attachment, AttachmentState, Message
 
 log = logging.getLogger("wxarchive.ingest.wechat")
 
@@ -208,12 +208,12 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
                     row.record["room_name"] = room_names.get(p.talker)
                 chunk.append(row)
                 if len(chunk) >= batch:
-                    _chunk(archive, source, chunk, cursor, marks, result, progress, pending)
+                    _chunk(archive, reader, source, chunk, cursor, marks, result, progress, pending)
                     chunk = []
                     if should_stop():
                         break
             if chunk:
-                _chunk(archive, source, chunk, cursor, marks, result, progress, pending)
+                _chunk(archive, reader, source, chunk, cursor, marks, result, progress, pending)
             if should_stop():
                 result.status = "stopped"
                 break
@@ -241,7 +241,7 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
     return result
 
 
-def _chunk(archive: Archive, source: str, chunk: list[RawRow], cursor: dict[str, int], marks: dict[str, str],
+def _chunk(archive: Archive, reader, source: str, chunk: list[RawRow], cursor: dict[str, int], marks: dict[str, str],
            result: WeChatResult, progress: ProgressFn, pending: set[tuple[str, str]]) -> None:
     j = archive.journal
     datas = [encode_record(r.record) for r in chunk]
@@ -258,7 +258,7 @@ def _chunk(archive: Archive, source: str, chunk: list[RawRow], cursor: dict[str,
             keys.append("unparsed:" + hashlib.sha256(d).hexdigest()[:32])
     known = archive.catalog.known_keys(source, keys)
     rows_entries: list[Entry] = []
-    media: list[tuple[str, str, RawRow]] = []
+    media: list[tuple[str, Attachment, RawRow]] = []
     by_serial: dict[int, tuple[Message | None, str | None]] = {}
     seen: set[str] = set()
     now = int(time.time() * 1000)
@@ -267,7 +267,7 @@ def _chunk(archive: Archive, source: str, chunk: list[RawRow], cursor: dict[str,
         if key in known or key in seen:
             result.counts["duplicates"] += 1
             if msg is not None and key in known:
-                media.extend((key, a.path, row) for a in msg.attachments if (key, a.path) in pending)
+                media.extend((key, a, row) for a in msg.attachments if (key, a.path) in pending)
             continue
         seen.add(key)
         meta = {"source": source, "key": key, "file": row.record.get("file"), "table": row.record.get("table"),
@@ -279,8 +279,8 @@ def _chunk(archive: Archive, source: str, chunk: list[RawRow], cursor: dict[str,
             result.counts["quarantined"] += 1
             continue
         result.counts["archived"] += 1
-        media.extend((key, a.path, row) for a in msg.attachments if a.state is AttachmentState.PENDING)
-    after = [_media(archive, source, key, path, row, result, now) for key, path, row in media]
+        media.extend((key, a, row) for a in msg.attachments if a.state is AttachmentState.PENDING)
+    after = [_media(archive, reader, source, key, a, row, result, now) for key, a, row in media]
     for row in chunk:
         if int(row.local_id) >= cursor.get(row.cursor_key, 0):
             cursor[row.cursor_key] = int(row.local_id)
@@ -295,11 +295,29 @@ def _chunk(archive: Archive, source: str, chunk: list[RawRow], cursor: dict[str,
     progress("batch", dict(result.counts))
 
 
-def _media(archive: Archive, source: str, key: str, path: str, row: RawRow, result: WeChatResult, now: int) -> Entry:
-    """Store one attachment found beside the row and journal its outcome."""
-    found = {m.path: m for m in row.media}
-    meta: dict[str, Any] = {"source": source, "key": key, "path": path}
-    original = found.get("")
+def _media(archive: Archive, reader, source: str, key: str, att: Attachment, row: RawRow, result: WeChatResult,
+           now: int) -> Entry:
+    """Store one attachment found beside the row (voice in a database, other media as files of
+    the account folder) and journal its outcome."""
+    meta: dict[str, Any] = {"source": source, "key": key, "path": att.path}
+    if att.kind in ("voice", "voice_wav"):
+        _voice_outcome(archive, {m.path: m for m in row.media}.get(""), att.path, meta)
+    else:
+        found = reader.media_file(row, att)
+        if found.file is None:
+            meta.update(state="missing", reason=found.looked or "not in the copy")
+        else:
+            got = mediafiles.load(found.file, found.dat, att.declared_md5, aes_key=getattr(reader, "image_key", None),
+                                  note=found.note)
+            meta.update(state=got.state, reason=got.reason)
+            if got.data is not None:
+                meta.update(sha256=archive.blobs.put(got.data), size=len(got.data), media_type=got.media_type)
+    result.media[meta["state"]] = result.media.get(meta["state"], 0) + 1
+    serial = archive.journal.append("media", meta)
+    return Entry(serial, now, "media", meta, b"")
+
+
+def _voice_outcome(archive: Archive, original, path: str, meta: dict[str, Any]) -> None:
     if original is None:
         meta.update(state="missing", reason="no voice data for this message in the device's databases or files")
     elif path == "":
@@ -313,6 +331,3 @@ def _media(archive: Archive, source: str, key: str, path: str, row: RawRow, resu
             meta.update(state="failed", reason=f"conversion to WAV: {e}")
         else:
             meta.update(state="present", sha256=archive.blobs.put(wav), size=len(wav))
-    result.media[meta["state"]] = result.media.get(meta["state"], 0) + 1
-    serial = archive.journal.append("media", meta)
-    return Entry(serial, now, "media", meta, b"")

@@ -35,8 +35,9 @@ import random
 import shutil
 import struct
 import tempfile
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -81,6 +82,82 @@ GROUPS = {WORK_GROUP: ("客户群🎉💼", [OWNER, "wxid_client01", "wxid_colle
 
 
 @dataclass
+class DeviceFile:
+    """A media file of a message as the device keeps it (each writer places and wraps it its
+    platform's way): ``role`` full | thumb; ``name`` a file's own name (files only)."""
+
+    kind: str  # image | video | file
+    data: bytes
+    role: str = "full"
+    name: str | None = None
+    v2: bool = False  # 4.x: wrapped as a V2 .dat (needs the account's image key)
+
+
+def png(width: int, height: int, seed: int) -> bytes:
+    """A real PNG (RGB, 8 bit) of a deterministic pattern."""
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + bytes(((x * 7 + y * 3 + seed) * (c + 1)) & 0xFF for x in range(width) for c in range(3))
+                   for y in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b""))
+
+
+def jpeg_like(n: int, seed: int) -> bytes:
+    """JPEG framing (SOI, JFIF APP0, a comment segment of ``n`` bytes, EOI): what WeChat's
+    wrapping and the importer's format checks see of a JPEG."""
+    body = bytes((i * 31 + seed) & 0xFF for i in range(n))
+    return (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+            + b"\xff\xfe" + struct.pack(">H", len(body) + 2) + body + b"\xff\xd9")
+
+
+def mp4_like(n: int, seed: int) -> bytes:
+    """An ISO BMFF file (``ftyp`` + ``mdat``) of ``n`` payload bytes."""
+    ftyp = struct.pack(">I", 24) + b"ftypisom" + struct.pack(">I", 512) + b"isommp41"
+    return ftyp + struct.pack(">I", n + 8) + b"mdat" + bytes((i * 13 + seed) & 0xFF for i in range(n))
+
+
+def xlsx_like(seed: int) -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(zipfile.ZipInfo("[Content_Types].xml", (2024, 3, 8, 10, 0, 0)), '<?xml version="1.0"?><Types/>')
+        z.writestr(zipfile.ZipInfo("xl/workbook.xml", (2024, 3, 8, 10, 0, 0)), f"<workbook seed='{seed}'/>")
+    return buf.getvalue()
+
+
+def dat_3x(data: bytes, xor: int) -> bytes:
+    """A Windows 3.x image ``.dat``: every byte XOR-ed with the account's one byte (§2.6)."""
+    return data.translate(bytes(b ^ xor for b in range(256)))
+
+
+def dat_v4(data: bytes, aes_key: bytes, xor: int, version: str = "V1", aes_len: int = 1024, xor_len: int = 256) -> bytes:
+    """A 4.x image ``.dat`` (§3.5): header, AES-128-ECB (PKCS#7) of the first ``aes_len`` bytes,
+    the plain middle, the last ``xor_len`` bytes XOR-ed with one byte."""
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    aes_len = min(aes_len, len(data))
+    xor_len = min(xor_len, len(data) - aes_len)
+    head, middle = data[:aes_len], data[aes_len: len(data) - xor_len]
+    tail = data[len(data) - xor_len:] if xor_len else b""
+    padder = padding.PKCS7(128).padder()
+    enc = Cipher(algorithms.AES(aes_key), modes.ECB()).encryptor()
+    ct = enc.update(padder.update(head) + padder.finalize()) + enc.finalize()
+    magic = b"\x07\x08V1\x08\x07" if version == "V1" else b"\x07\x08V2\x08\x07"
+    return magic + struct.pack("<II", aes_len, xor_len) + b"\x01" + ct + middle + dat_3x(tail, xor)
+
+
+WIN3_XOR = 0x5A  # the simulated account's .dat byte
+V4_XOR = 0x37
+V4_IMAGE_KEY = b"7a1c0e3f9b2d4c68"  # the simulated 4.x account's V2 image key (16 ASCII characters)
+
+
+@dataclass
 class Row:
     """One message as the scenario means it; each writer stores it its platform's way."""
 
@@ -92,6 +169,7 @@ class Row:
     sub: int | None = None
     svrid: int | None = None
     voice: bytes | None = None
+    files: list[DeviceFile] = field(default_factory=list)  # media files beside the databases
     expect: dict[str, Any] | None = None  # None for personal rows
     work: bool = True
     prefix_in_body: bool = True  # v4: whether the group body also carries "wxid:\n"
@@ -166,22 +244,44 @@ class Scenario:
         gm = self.add(g, c1, 1, "明天见", "text")
         self.add(g, OWNER, 1, "好的，明天十点", "text")
         self.add(g, col, 1, "我也参加 meeting", "text")
-        img = f'<msg><img md5="{hashlib.md5(b"img1").hexdigest()}" length="48213" hdlength="90211"/></msg>'
-        im = self.add(c1, c1, 3, img, "image", text="", attachments=["image:missing"])
+        # media: on the device (each platform's wrapping), thumbnail only, or never downloaded
+        photo = png(40, 30, self.seed)
+        img = f'<msg><img md5="{hashlib.md5(photo).hexdigest()}" length="{len(photo)}" hdlength="{len(photo)}"/></msg>'
+        im = self.add(c1, c1, 3, img, "image", text="", attachments=["image:present"],
+                      media_sha256=[hashlib.sha256(photo).hexdigest()])
+        im.files = [DeviceFile("image", photo), DeviceFile("image", jpeg_like(300, self.seed), role="thumb")]
+        scan = jpeg_like(5000, self.seed + 1)
+        thumb = jpeg_like(200, self.seed + 2)
+        th = self.add(c2, c2, 3, f'<msg><img md5="{hashlib.md5(scan).hexdigest()}" length="{len(scan)}"/></msg>', "image",
+                      text="", attachments=["image:present"], media_sha256=[hashlib.sha256(thumb).hexdigest()],
+                      media_reason="only the thumbnail")
+        th.files = [DeviceFile("image", thumb, role="thumb")]
+        self.add(c2, OWNER, 3, f'<msg><img md5="{hashlib.md5(b"gone").hexdigest()}" length="9000"/></msg>', "image",
+                 text="", attachments=["image:missing"])
+        chart = png(24, 24, self.seed + 5)
+        v2 = self.add(c3, c3, 3, f'<msg><img md5="{hashlib.md5(chart).hexdigest()}" length="{len(chart)}"/></msg>', "image",
+                      text="", attachments=["image:present"], media_sha256=[hashlib.sha256(chart).hexdigest()])
+        v2.files = [DeviceFile("image", chart, v2=True)]
         v = self.add(c1, c1, 34, '<msg><voicemsg endflag="1" length="2164" voicelength="1000"/></msg>', "voice",
                      text="", attachments=["voice:present", "voice_wav:present"])
         v.voice = silk(1.0, self.seed)
-        vid = f'<msg><videomsg length="1048576" playlength="12" md5="{hashlib.md5(b"vid").hexdigest()}"/></msg>'
-        self.add(c1, OWNER, 43, vid, "video", text="", attachments=["video:missing"])
+        movie = mp4_like(20000, self.seed)
+        vid = f'<msg><videomsg length="{len(movie)}" playlength="12" md5="{hashlib.md5(movie).hexdigest()}"/></msg>'
+        vr = self.add(c1, OWNER, 43, vid, "video", text="", attachments=["video:present"],
+                      media_sha256=[hashlib.sha256(movie).hexdigest()])
+        vr.files = [DeviceFile("video", movie), DeviceFile("image", jpeg_like(150, self.seed + 3), role="thumb")]
         self.add(c1, c1, 47, f'<msg><emoji md5="{hashlib.md5(b"e").hexdigest()}" cdnurl="http://emoji.qpic.cn/wx_emoji/x" len="2048"/></msg>',
                  "emotion", text="", attachments=["emotion:missing"])
         self.add(c2, c2, 48, '<msg><location x="22.2783" y="114.1747" scale="16" label="香港中环皇后大道中99号" poiname="中环中心"/></msg>',
                  "location", text="中环中心 香港中环皇后大道中99号")
         self.add(c2, c2, 42, '<msg username="wxid_referral" nickname="推荐客户 Referral" alias="ref_2024"/>', "card",
                  text="推荐客户 Referral ref_2024")
-        fx = _appmsg(6, "<des></des><appattach><totallen>48211</totallen><fileext>xlsx</fileext></appattach>"
-                        f"<md5>{hashlib.md5(b'f').hexdigest()}</md5>", "报价单✅.xlsx", c1)
-        self.add(c1, c1, 49, fx, "file", text="报价单✅.xlsx", sub=6, attachments=["file:missing"])
+        sheet = xlsx_like(self.seed)
+        fx = _appmsg(6, f"<des></des><appattach><totallen>{len(sheet)}</totallen><fileext>xlsx</fileext></appattach>"
+                        f"<md5>{hashlib.md5(sheet).hexdigest()}</md5>", "报价单✅.xlsx", c1)
+        fr = self.add(c1, c1, 49, fx, "file", text="报价单✅.xlsx", sub=6, attachments=["file:present"],
+                      media_sha256=[hashlib.sha256(sheet).hexdigest()])
+        fr.files = [DeviceFile("file", sheet, name="报价单✅.xlsx")]
         lx = _appmsg(5, "<des>Summary text of the update</des><url>https://mp.weixin.qq.com/s/AbCd</url>"
                         "<sourcedisplayname>Acme News</sourcedisplayname>", "Quarterly update", c3)
         self.add(c3, c3, 49, lx, "link", text="Quarterly update Summary text of the update", sub=5)
@@ -253,6 +353,11 @@ class Scenario:
             self.add(who, who, 1, f"{MARKER}-{who} 晚上回家吃饭吗", "text")
             self.add(who, OWNER, 1, f"{MARKER}-{who} 好的", "text")
         self.add(PERSONAL_GROUP, "wxid_friend01", 1, f"{MARKER}-family 周末聚餐", "text")
+        # a personal photo on the device: its bytes must never reach the archive either
+        family = b"\xff\xd8\xff\xe0" + f"{MARKER}-photo".encode() * 20 + b"\xff\xd9"
+        fp = self.add("wxid_friend01", "wxid_friend01", 3,
+                      f'<msg><img md5="{hashlib.md5(family).hexdigest()}" length="{len(family)}"/></msg>', "image")
+        fp.files = [DeviceFile("image", family)]
 
     def _bulk(self, n: int, tag: str) -> None:
         talkers = ["wxid_client01", "wxid_client02", "wxid_client03", WORK_GROUP, "wxid_friend01", PERSONAL_GROUP]
@@ -356,6 +461,11 @@ def write_android(out: Path, sc: Scenario, scratch: Path, rows: list[Row]) -> di
               "isShowname INTEGER, selfDisplayName TEXT, style INTEGER, chatroomdataflag INTEGER, modifytime LONG, "
               "chatroomnotice TEXT, memberCount INTEGER)")
     c.execute("CREATE TABLE userinfo (id INTEGER PRIMARY KEY, type INT, value TEXT)")
+    c.execute("CREATE TABLE ImgInfo2 (id INTEGER PRIMARY KEY, msgSvrId LONG, offset INT, totalLen INT, bigImgPath TEXT, "
+              "thumbImgPath TEXT, createtime INT, msglocalid INT, status INT, nettimes INT, reserved1 INT, "
+              "reserved2 INT, reserved3 TEXT, reserved4 TEXT, hashdthumb INT, iscomplete INT DEFAULT 1, "
+              "origImgMD5 TEXT, compressType INT DEFAULT 0, midImgPath TEXT, forwardType INT DEFAULT 0, hevcPath TEXT, "
+              "sendImgType INT DEFAULT 0, originSourceMd5 TEXT, msgTalker TEXT)")
     c.executemany("INSERT INTO userinfo VALUES (?, ?, ?)", [(2, 3, OWNER), (4, 3, OWNER_NAME), (42, 3, "liwei_fin")])
     c.execute("INSERT INTO ContactLabel (labelID, labelName) VALUES (1, '客户'), (2, 'Family')")
     _contacts(lambda p, labels: c.execute(
@@ -380,6 +490,20 @@ def write_android(out: Path, sc: Scenario, scratch: Path, rows: list[Row]) -> di
                 f = voice_dir / h[:2] / h[2:4] / f"msg_{img}.amr"
                 f.parent.mkdir(parents=True, exist_ok=True)
                 f.write_bytes(r.voice)
+            elif r.base == 3:  # image2/<n[0:2]>/<n[2:4]>/<n>: the full image named in ImgInfo2, the th_ thumbnail in imgPath
+                t = hashlib.md5(f"th{r.svrid}".encode()).hexdigest()
+                img = f"THUMBNAIL_DIRPATH://th_{t}"
+                big = f"{hashlib.md5(f'big{r.svrid}'.encode()).hexdigest()}.jpg"
+                full = [f for f in r.files if f.role == "full"]
+                c.execute("INSERT INTO ImgInfo2 (msgSvrId, bigImgPath, thumbImgPath, msglocalid, msgTalker) "
+                          "VALUES (?, ?, ?, ?, ?)", (r.svrid, big if full else f"SERVERID://{r.svrid}", f"th_{t}", i, r.talker))
+                for df in r.files:
+                    n, h = (big, big) if df.role == "full" else (f"th_{t}", t)
+                    _write(userdir / "image2" / h[:2] / h[2:4] / n, df.data)
+            elif r.base == 43:
+                img = f"{r.t}{r.svrid % 100000}"
+                for df in r.files:
+                    _write(userdir / "video" / (f"{img}.mp4" if df.kind == "video" else f"{img}.jpg"), df.data)
             vals.append((i, r.svrid or 0, _android_type(r), 1 if r.sender == OWNER else 0, r.t * 1000,
                          r.talker, body, img))
         c.executemany("INSERT INTO message (msgId, msgSvrId, type, isSend, createTime, talker, content, imgPath) "
@@ -397,10 +521,17 @@ def _contacts(insert: Callable[[Person, str], Any], label_ids: dict[str, str]) -
         insert(p, ",".join(label_ids[x] for x in p.labels if x in label_ids))
 
 
-def _bytes_extra(sender: str | None) -> bytes:
+def _write(f: Path, data: bytes) -> None:
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_bytes(data)
+
+
+def _bytes_extra(sender: str | None, paths: dict[int, str] | None = None) -> bytes:
     attrs = [(1, encode_fields([(1, 1), (2, 0)]))]
     if sender:
         attrs.append((3, encode_fields([(1, 1), (2, sender.encode())])))
+    for t, path in sorted((paths or {}).items()):
+        attrs.append((3, encode_fields([(1, t), (2, path.encode())])))
     attrs.append((3, encode_fields([(1, 7), (2, b"<msgsource><atuserlist></atuserlist></msgsource>")])))
     return encode_fields(attrs)
 
@@ -466,7 +597,8 @@ def write_win3(out: Path, sc: Scenario, scratch: Path, rows: list[Row], key: byt
             if r.base == 49 and r.sub in (57, 19, 5, 2000, 2001, 51, 33):
                 compress, str_content = lz4.block.compress(body, store_size=False), b""
             group = r.talker.endswith("@chatroom")
-            extra = _bytes_extra(r.sender if group and r.sender not in (OWNER, None) else None)
+            extra = _bytes_extra(r.sender if group and r.sender not in (OWNER, None) else None,
+                                 _win3_files(out / "WeChat Files", r))
             if r.expect and r.expect.get("win3_no_sender"):
                 extra = _bytes_extra(None)
             tid = talkers.setdefault(r.talker, len(talkers) + 1)
@@ -481,6 +613,59 @@ def write_win3(out: Path, sc: Scenario, scratch: Path, rows: list[Row], key: byt
         db.finish()
     media.finish()
     return {"key": key.hex(), "path": str(out / "WeChat Files" / OWNER)}
+
+
+def _win3_files(root: Path, r: Row) -> dict[int, str]:
+    """Place a row's media as Windows 3.x does (``FileStorage``; images XOR-wrapped ``.dat``) and
+    return the ``BytesExtra`` paths: 4 the file, 3 its thumbnail."""
+    if r.base not in (3, 43) and not (r.base == 49 and r.sub == 6):
+        return {}
+    month = time.strftime("%Y-%m", time.gmtime(r.t))
+    h = hashlib.md5(f"w{r.svrid}".encode()).hexdigest()
+    if r.base == 3:
+        paths = {4: f"{OWNER}\\FileStorage\\MsgAttach\\{hashlib.md5(r.talker.encode()).hexdigest()}\\Image\\{month}\\{h}.dat",
+                 3: f"{OWNER}\\FileStorage\\MsgAttach\\{hashlib.md5(r.talker.encode()).hexdigest()}\\Thumb\\{month}\\{h}_t.dat"}
+        wrap = lambda d: dat_3x(d, WIN3_XOR)  # noqa: E731
+    elif r.base == 43:
+        paths = {4: f"{OWNER}\\FileStorage\\Video\\{month}\\{h}.mp4", 3: f"{OWNER}\\FileStorage\\Video\\{month}\\{h}.jpg"}
+        wrap = lambda d: d  # noqa: E731
+    else:
+        name = next((f.name for f in r.files if f.name), f"{h}.bin")
+        paths = {4: f"{OWNER}\\FileStorage\\File\\{month}\\{name}"}
+        wrap = lambda d: d  # noqa: E731
+    for df in r.files:
+        rel = paths[4] if df.role == "full" else paths.get(3)
+        if rel:
+            _write(root.joinpath(*rel.split("\\")), wrap(df.data))
+    return paths
+
+
+def _v4_files(account: Path, r: Row) -> bytes | None:
+    """Place a row's media as 4.x does (``msg/attach``, ``msg/video``, ``msg/file``; images in
+    V1/V2 ``.dat``) and return its ``packed_info_data`` (image md5 in 3.4, video md5 in 4.8)."""
+    if r.base not in (3, 43) and not (r.base == 49 and r.sub == 6):
+        return None
+    month = time.strftime("%Y-%m", time.gmtime(r.t))
+    name = hashlib.md5(f"v4-{r.svrid}".encode()).hexdigest()
+    packed = None
+    for df in r.files:
+        if r.base == 3:
+            d = account / "msg" / "attach" / hashlib.md5(r.talker.encode()).hexdigest() / month / "Img"
+            if df.v2:
+                _write(d / f"{name}.dat", dat_v4(df.data, V4_IMAGE_KEY, V4_XOR, "V2"))
+            else:
+                _write(d / (f"{name}.dat" if df.role == "full" else f"{name}_t.dat"), dat_v4(df.data, b"cfcd208495d565ef", V4_XOR))
+        elif r.base == 43 and df.kind == "video":
+            _write(account / "msg" / "video" / month / f"{name}.mp4", df.data)
+        elif r.base == 43:
+            _write(account / "msg" / "video" / month / f"{name}_thumb.jpg", df.data)
+        else:
+            _write(account / "msg" / "file" / month / (df.name or name), df.data)
+    if r.base == 3:
+        packed = encode_fields([(1, 106), (2, 14), (3, encode_fields([(4, name.encode())]))])
+    elif r.base == 43:
+        packed = encode_fields([(1, 106), (2, 14), (4, encode_fields([(8, name.encode())]))])
+    return packed
 
 
 def write_v4(out: Path, sc: Scenario, scratch: Path, rows: list[Row], key: bytes) -> dict[str, Any]:
@@ -560,7 +745,8 @@ def write_v4(out: Path, sc: Scenario, scratch: Path, rows: list[Row], key: bytes
             content: Any = body
             pending.setdefault(t, []).append((lids[t], r.svrid or 0, lt, r.t * 1000 + n % 1000, sender_id, r.t,
                                               2 if r.sender == OWNER else 4, 0, 0, 0, 0, None,
-                                              content if ct else _as_text(content), None, None, ct, None))
+                                              content if ct else _as_text(content), None,
+                                              _v4_files(store.parent, r), ct, None))
             if r.voice is not None:
                 media.conn.execute("INSERT INTO VoiceInfo (chat_name_id, create_time, local_id, svr_id, voice_data) "
                                    "VALUES (?, ?, ?, ?, ?)", (ids[r.talker], r.t, lids[t], r.svrid, r.voice))
@@ -626,10 +812,16 @@ def generate_device(out: Path, fmt: str, messages: int = 0, extra: int = 0, seed
             continue
         e = dict(r.expect)
         e["msgid"] = str(r.svrid) if r.svrid else None
+        if fmt == "android" and e["kind"] == "file":  # Android keeps received files outside the account folder
+            e["attachments"], e["media_sha256"] = ["file:missing"], []
         if e.pop("sender_none", False):
             e["sender"] = None
         expected.append(e)
+    if fmt == "v4":
+        (out / "image_key.txt").write_text(V4_IMAGE_KEY.decode() + "\n", encoding="utf-8")
+        os.chmod(out / "image_key.txt", 0o600)
     answer = {"format": fmt, "owner": OWNER, "seed": seed, "device": info["path"], "key": info["key"],
+              "image_key": V4_IMAGE_KEY.decode() if fmt == "v4" else None,
               "imei": info.get("imei"), "uin": info.get("uin"), "total": len(rows),
               "work": len(expected), "personal": len(rows) - len(expected), "base": sc.base_count,
               "wal_only": [str(r.svrid) for r in rows[sc.wal_from: sc.base_count]],

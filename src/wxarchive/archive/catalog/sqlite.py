@@ -565,7 +565,7 @@ class Batch:
                         (serial, serial, meta["source"], meta["key"]))
 
     def attachment_result(self, source: str, msgid: str, path: str, state: str, reason: str | None,
-                          sha256: str | None, size: int | None) -> None:
+                          sha256: str | None, size: int | None, media_type: str | None = None) -> None:
         self.flush()
         mid = self.conn.execute(
             select(s.messages.c.id).where(s.messages.c.source == source, s.messages.c.msgid == msgid)
@@ -575,7 +575,8 @@ class Batch:
         self.conn.execute(
             update(s.attachments)
             .where(s.attachments.c.message_id == mid, s.attachments.c.path == path)
-            .values(state=state, reason=reason, sha256=sha256, size=size)
+            .values(state=state, reason=reason, sha256=sha256, size=size,
+                    **({"media_type": media_type} if media_type else {}))
         )
 
     def cursor(self, source: str, cursor: str, serial: int) -> None:

@@ -36,8 +36,26 @@ def parse_key(fmt: str, text: str, what: str = "--key") -> bytes:
     return bytes.fromhex(t)
 
 
+def parse_image_key(text: str, what: str = "--image-key-file") -> bytes:
+    """A 4.x account's image key (V2 ``.dat`` files): 16 bytes, as 32 hex characters or as the
+    16 ASCII characters some extraction tools print. Never echoed in errors."""
+    t = text.strip().lstrip("\ufeff").strip()
+    if len(t) == 32 and _HEX.match(t):
+        return bytes.fromhex(t)
+    if len(t) == 16 and t.isascii() and t.isprintable():
+        return t.encode()
+    raise WeChatDbError(f"{what}: an image key is 16 bytes, as 32 hex characters or 16 ASCII characters; "
+                        f"got {len(t)} characters")
+
+
 def open_reader(fmt: str, path: Path, key: bytes | None = None, imei: str | None = None, uin: str | None = None,
-                account: str | None = None):
+                account: str | None = None, image_key: bytes | None = None):
+    reader = _open(fmt, path, key, imei, uin, account)
+    reader.image_key = image_key
+    return reader
+
+
+def _open(fmt: str, path: Path, key: bytes | None, imei: str | None, uin: str | None, account: str | None):
     if fmt not in FORMATS:
         raise WeChatDbError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if not path.exists():
@@ -62,4 +80,4 @@ def open_reader(fmt: str, path: Path, key: bytes | None = None, imei: str | None
     return V4Reader(path, key, account)
 
 
-__all__ = ["FORMATS", "WeChatDbError", "open_reader", "parse_key"]
+__all__ = ["FORMATS", "WeChatDbError", "open_reader", "parse_image_key", "parse_key"]

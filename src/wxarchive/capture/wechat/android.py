@@ -12,12 +12,13 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from wxarchive.capture.wechat import sqlcipher
+from wxarchive.capture.wechat import mediafiles, sqlcipher
 from wxarchive.capture.wechat.records import (
     Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, fingerprint, ident, label,
     make_record,
 )
 from wxarchive.capture.wechat.sqlcipher import WeChatDbError
+from wxarchive.model import Attachment
 
 DB_NAME = "EnMicroMsg.db"
 NO_IMEI = "1234567890ABCDEF"
@@ -196,6 +197,57 @@ class AndroidReader(sqlcipher.OpenDatabases):
             return []
         return [Media("", "voice", data, "audio/amr" if data.startswith(b"#!AMR") else "audio/silk")]
 
+
+    def media_file(self, row: RawRow, att: Attachment) -> Media:
+        """Images in ``image2/<n[0:2]>/<n[2:4]>/<n>`` (the full image's name from ``ImgInfo2``
+        by server id, else the ``th_`` thumbnail named by ``imgPath``), video in
+        ``video/<imgPath>.mp4`` (fact sheet §1.5)."""
+        kind = att.kind
+        v = row.values or {}
+        d = self.path.parent
+        stem = v.get("imgPath") if _safe_name(v.get("imgPath")) else None
+        if kind == "image":
+            big, thumb = [], []
+            if stem and stem.startswith("THUMBNAIL_DIRPATH://"):
+                thumb.append(stem.split("://", 1)[1])
+            elif stem:
+                thumb.append(stem)
+            svr = v.get("msgSvrId")
+            if svr and self._has("ImgInfo2"):
+                cols = self._columns("ImgInfo2")
+                sel = sqlcipher.select_list(cols, ("bigImgPath", "midImgPath", "thumbImgPath"))
+                for b, m, t in self.conn.execute(f"SELECT {sel} FROM ImgInfo2 WHERE msgSvrId = ?", (svr,)):
+                    big += [x for x in (b, m) if _safe_name(x) and not x.startswith("SERVERID://")]
+                    thumb += [x.split("://", 1)[-1] for x in (t,) if isinstance(x, str) and _safe_name(x.split("://", 1)[-1])]
+
+            def where(n: str):
+                h = n[3:] if n.startswith("th_") else n
+                return d / "image2" / h[:2] / h[2:4] / n
+
+            f = mediafiles.first_file([where(n) for n in big if len(n) > 4])
+            if f:
+                return Media("", kind, None, None, file=f)
+            f = mediafiles.first_file([where(n) for n in thumb if len(n) > 4])
+            if f:
+                return Media("", kind, None, None, file=f, note="only the thumbnail was on the device")
+            return Media("", kind, None, None, looked="no full image or thumbnail for it in image2/ (never downloaded "
+                                                      "on the phone, or cleared)")
+        if kind == "video":
+            f = mediafiles.first_file([d / "video" / f"{stem}.mp4"]) if stem else None
+            if f:
+                return Media("", kind, None, None, file=f)
+            return Media("", kind, None, None, looked=f"not in video/ (looked for {stem}.mp4)" if stem else
+                         "the row names no video file (imgPath empty)")
+        if kind == "file":
+            return Media("", kind, None, None, looked="Android keeps received files in the phone's shared storage "
+                                                      "(…/MicroMsg/Download), outside the account folder that is read")
+        return Media("", kind, None, None, looked=f"{kind} files are not kept in the account folder")
+
+
+def _safe_name(v: object) -> bool:
+    """A file name from the database that names no other folder."""
+    return isinstance(v, str) and bool(v) and "/" not in v.split("://", 1)[-1] and "\\" not in v \
+        and not v.startswith(".") and ".." not in v
 
 
 def _int(v: object) -> int:

@@ -57,7 +57,9 @@ APP_NAMES = {
 # dataitem@datatype inside a chat record (fact sheet §5.4)
 ITEM_KINDS = {1: "text", 2: "image", 3: "voice", 4: "video", 5: "link", 6: "location", 8: "file",
               17: "chat_record", 19: "mini_program", 22: "channels", 23: "channels_live", 32: "music", 37: "sticker"}
-NOT_READ = "media files on the device are not read by this importer; only the database was captured"
+STICKER_NOT_KEPT = ("a sticker is fetched from WeChat's servers by its md5 (kept in content); the device's sticker "
+                    "cache is not read")
+RECORD_ITEM_NOT_KEPT = "the files of a forwarded chat record live in the device's record cache, which is not read"
 MAX_RECORD_DEPTH = 8
 
 
@@ -163,7 +165,7 @@ def _image(root: Element, p: Parsed) -> None:
     img = _find_any(root, "img")
     a = img.attrib if img is not None else {}
     p.content.update({k: a[k] for k in ("md5", "length", "hdlength") if a.get(k)})
-    p.attachments.append(_missing("image", md5=a.get("md5"), size=_int(a.get("length")), media_type="image/jpeg"))
+    p.attachments.append(_declared("image", md5=a.get("md5"), size=_int(a.get("length")), media_type="image/jpeg"))
 
 
 def _voice(root: Element, p: Parsed) -> None:
@@ -177,14 +179,14 @@ def _video(root: Element, p: Parsed) -> None:
     v = _find_any(root, "videomsg")
     a = v.attrib if v is not None else {}
     p.content.update({k: a[k] for k in ("md5", "playlength", "length") if a.get(k)})
-    p.attachments.append(_missing("video", md5=a.get("md5"), size=_int(a.get("length")), media_type="video/mp4"))
+    p.attachments.append(_declared("video", md5=a.get("md5"), size=_int(a.get("length")), media_type="video/mp4"))
 
 
 def _emoji(root: Element, p: Parsed) -> None:
     e = _find_any(root, "emoji")
     a = e.attrib if e is not None else {}
     p.content.update({k: a[k] for k in ("md5", "cdnurl", "len") if a.get(k)})
-    p.attachments.append(_missing("emotion", md5=a.get("md5"), size=_int(a.get("len"))))
+    p.attachments.append(_declared("emotion", md5=a.get("md5"), size=_int(a.get("len")), missing=STICKER_NOT_KEPT))
 
 
 def _location(root: Element, p: Parsed) -> None:
@@ -211,10 +213,13 @@ _BASE_HANDLERS = {IMAGE: _image, VOICE: _voice, VIDEO: _video, SHORT_VIDEO: _vid
                   LOCATION: _location, CARD: _card, 66: _card, VOIP: _voip}
 
 
-def _missing(kind: str, md5: str | None = None, size: int | None = None, media_type: str | None = None,
-             name: str | None = None) -> Attachment:
+def _declared(kind: str, md5: str | None = None, size: int | None = None, media_type: str | None = None,
+              name: str | None = None, missing: str | None = None) -> Attachment:
+    """An attachment the message declares: pending until the ingest looks for its file in the
+    account folder, or missing from the start with the reason ``missing``."""
     return Attachment(path="", kind=kind, file_name=name, media_type=media_type, declared_size=size,
-                      declared_md5=(md5 or None), state=AttachmentState.MISSING, reason=NOT_READ)
+                      declared_md5=(md5.lower() if md5 else None),
+                      state=AttachmentState.MISSING if missing else AttachmentState.PENDING, reason=missing)
 
 
 # ---- app messages (base 49) ---------------------------------------------------------------
@@ -259,7 +264,7 @@ def _app_file(appmsg: Element, p: Parsed) -> None:
     ext = _t(appmsg, "appattach/fileext")
     p.content.update({"file_name": title, "size": size, "ext": ext})
     p.text = title or ""
-    p.attachments.append(_missing("file", md5=_t(appmsg, "md5"), size=size, name=title))
+    p.attachments.append(_declared("file", md5=_t(appmsg, "md5"), size=size, name=title))
 
 
 def _app_quote(appmsg: Element, p: Parsed) -> None:
@@ -321,10 +326,11 @@ def _record_items(doc: str, depth: int, p: Parsed) -> list[dict[str, Any]]:
         if dtype == 8:
             d["file_name"] = _t(item, "datatitle")
             d["size"] = _int(_t(item, "datasize"))
-            p.attachments.append(_missing("file", md5=_t(item, "fullmd5"), size=d["size"], name=d["file_name"]))
+            p.attachments.append(_declared("file", md5=_t(item, "fullmd5"), size=d["size"], name=d["file_name"],
+                                          missing=RECORD_ITEM_NOT_KEPT))
             p.attachments[-1].path = f"item.{n}"
         elif dtype in (2, 4):
-            p.attachments.append(_missing(ITEM_KINDS[dtype], md5=_t(item, "fullmd5")))
+            p.attachments.append(_declared(ITEM_KINDS[dtype], md5=_t(item, "fullmd5"), missing=RECORD_ITEM_NOT_KEPT))
             p.attachments[-1].path = f"item.{n}"
         if dtype == 17:
             nested = _t(item, "recordxml")

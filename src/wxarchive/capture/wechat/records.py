@@ -14,9 +14,12 @@ import base64
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+
+from wxarchive.model import Attachment
 
 RECORD_FORMAT = 1
 
@@ -87,10 +90,18 @@ def count_into(out: dict[str, ConversationCensus], talker: Any, day: Any, n: int
 
 @dataclass
 class Media:
+    """An attachment's bytes as the reader found them: in a database (``data``), in a file of
+    the account folder (``file``, read only when archived), or nowhere (``looked`` says where
+    the reader looked and why it is not there)."""
+
     path: str  # the attachment path it belongs to ("" = the message itself)
     kind: str
-    data: bytes
-    media_type: str
+    data: bytes | None
+    media_type: str | None
+    file: Path | None = None
+    dat: bool = False  # a WeChat image .dat to unwrap (mediafiles.decode_dat)
+    note: str | None = None  # e.g. only the thumbnail was on the device
+    looked: str | None = None
 
 
 @dataclass
@@ -120,6 +131,10 @@ class Reader(Protocol):
     def census(self) -> list[ConversationCensus]: ...
 
     def rows(self, talker: str, after: dict[str, int]) -> Iterator[RawRow]: ...
+
+    def media_file(self, row: RawRow, att: Attachment) -> Media:
+        """Where the account folder keeps the file of attachment ``att`` of ``row``."""
+        ...
 
 
 class InvalidText(bytes):

@@ -399,6 +399,7 @@ class OpenDatabases:
     Readers subclass it; ``__init__`` failures must call ``close()`` before raising."""
 
     profile: Profile
+    image_key: bytes | None = None  # 4.x V2 image .dat AES key (the account's own), when given
 
     def __init__(self) -> None:
         self._stack = ExitStack()

@@ -15,13 +15,14 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from wxarchive.capture.wechat import sqlcipher
+from wxarchive.capture.wechat import mediafiles, sqlcipher
 from wxarchive.capture.wechat.records import (
     Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, fingerprint, ident, label,
     make_record,
 )
 from wxarchive.capture.wechat.windows import room_members
 from wxarchive.capture.wechat.sqlcipher import WeChatDbError
+from wxarchive.model import Attachment
 
 REQUIRED = {"local_id", "server_id", "local_type", "real_sender_id", "create_time", "message_content"}
 _SHARD = re.compile(r"^message_(\d+)\.db$")
@@ -182,9 +183,101 @@ class V4Reader(sqlcipher.OpenDatabases):
                 return fingerprint(*got) if got else None
         return None
 
+    def media_file(self, row: RawRow, att: Attachment) -> Media:
+        """Under the account folder (fact sheet §3.1, §3.5): images
+        ``msg/attach/<md5(chat)>/<YYYY-MM>/Img/<md5>.dat`` (``_h.dat`` the HD one, ``_t.dat`` the
+        thumbnail) with the md5 from ``packed_info_data`` (else the message's own), video
+        ``msg/video/<YYYY-MM>/<md5>.mp4``, files ``msg/file/<YYYY-MM>/<name>``. The month folder
+        is the local month of the client's machine, so every month folder is looked in."""
+        v = row.values or {}
+        account = self.path.parent
+        talker = row.record.get("talker") or ""
+        image_md5, video_md5 = packed_md5s(v.get("packed_info_data"))
+        if att.kind == "image":
+            name = image_md5 or att.declared_md5
+            if not name or not _HEX32.match(name):
+                return Media("", "image", None, None, looked="the row names no image file (no md5)")
+            base = account / "msg" / "attach" / mediafiles.md5_hex(talker)
+            months = _months(base)
+            for suffix, note in (("_h.dat", None), (".dat", None), ("_W.dat", None),
+                                 ("_t.dat", "only the thumbnail was on the device")):
+                f = mediafiles.first_file([m / "Img" / f"{name}{suffix}" for m in months])
+                if f:
+                    return Media("", "image", None, None, file=f, dat=True, note=note)
+            return Media("", "image", None, None, looked=f"no msg/attach/{mediafiles.md5_hex(talker)}/*/Img/{name}*.dat "
+                                                         "(never downloaded on the PC, or cleared)")
+        if att.kind == "video":
+            name = video_md5 or att.declared_md5
+            if not name or not _HEX32.match(name):
+                return Media("", "video", None, None, looked="the row names no video file (no md5)")
+            f = mediafiles.first_file([m / f"{name}.mp4" for m in _months(account / "msg" / "video")])
+            return Media("", "video", None, None, file=f) if f else \
+                Media("", "video", None, None, looked=f"no msg/video/*/{name}.mp4 (never downloaded, or cleared)")
+        if att.kind == "file":
+            name = att.file_name or ""
+            if not name or name != Path(name).name or name.startswith("."):
+                return Media("", "file", None, None, looked="the message names no usable file name")
+            found = [f for f in (m / name for m in _months(account / "msg" / "file")) if mediafiles.first_file([f])]
+            if att.declared_md5 and found:
+                # the same name in several months: the one whose content the message declares
+                same = [f for f in found if _file_md5(f) == att.declared_md5.lower()]
+                if not same:
+                    return Media("", "file", None, None, looked=f"msg/file/*/{name} is in the copy, but its MD5 is "
+                                                                "not the one the message declares (another file of that name)")
+                found = same
+            if len(found) == 1 or (found and att.declared_md5):
+                return Media("", "file", None, None, file=found[0])
+            if found:
+                return Media("", "file", None, None, looked=f"{len(found)} files named {name} in msg/file/ and the "
+                                                            "message declares no MD5 to tell which")
+            return Media("", "file", None, None, looked=f"no msg/file/*/{name} (never downloaded, or cleared)")
+        return Media("", att.kind, None, None, looked=f"{att.kind} files are not kept in the account folder")
+
     def _voice(self, row: dict) -> list[Media]:
         lt, sid = row.get("local_type"), row.get("server_id")
         if not isinstance(lt, int) or lt & 0xFFFFFFFF != 34 or self.media is None or not isinstance(sid, int) or not sid:
             return []
         got = self.media.execute("SELECT voice_data FROM VoiceInfo WHERE svr_id = ?", (row["server_id"],)).fetchone()
         return [Media("", "voice", bytes(got[0]), "audio/silk")] if got and got[0] else []
+
+
+_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
+
+
+def packed_md5s(blob: object) -> tuple[str | None, str | None]:
+    """(image md5, video md5) from ``packed_info_data``: {3: {4: image md5}, 4: {8: video md5}}."""
+    from wxarchive.capture.protobuf import ProtobufError, iter_fields
+
+    image = video = None
+    if not isinstance(blob, bytes):
+        return None, None
+    try:
+        for num, val in iter_fields(blob):
+            if num in (3, 4) and isinstance(val, bytes):
+                inner = dict(iter_fields(val))
+                got = inner.get(4 if num == 3 else 8)
+                if isinstance(got, bytes):
+                    text = got.decode("ascii", "replace")
+                    if _HEX32.match(text):
+                        image, video = (text, video) if num == 3 else (image, text)
+    except (ProtobufError, ValueError):
+        pass
+    return image, video
+
+
+def _months(base: Path) -> list[Path]:
+    try:
+        return sorted((p for p in base.iterdir() if p.is_dir()), reverse=True)
+    except OSError:
+        return []
+
+
+def _file_md5(f: Path) -> str | None:
+    h = hashlib.md5()
+    try:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()

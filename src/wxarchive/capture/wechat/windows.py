@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from wxarchive.capture.protobuf import ProtobufError, iter_fields
-from wxarchive.capture.wechat import sqlcipher
+from wxarchive.capture.wechat import mediafiles, sqlcipher
 from wxarchive.capture.wechat.records import (
     Contact, ConversationCensus, Group, Media, RawRow, contact_kind, count_into, fingerprint, ident, label,
     make_record,
 )
 from wxarchive.capture.wechat.sqlcipher import WeChatDbError
+from wxarchive.model import Attachment
 
 REQUIRED = {"localId", "MsgSvrID", "Type", "SubType", "IsSender", "CreateTime", "StrTalker", "StrContent"}
 _SHARD = re.compile(r"^MSG(\d+)\.db$")
@@ -186,6 +187,26 @@ class WindowsReader(sqlcipher.OpenDatabases):
                 return fingerprint(*got) if got else None
         return None
 
+    def media_file(self, row: RawRow, att: Attachment) -> Media:
+        """The path ``BytesExtra`` gives (attribute 4; 3 is the thumbnail), relative to the
+        ``WeChat Files`` folder (``wxid_…\\FileStorage\\MsgAttach\\…\\Image\\2024-03\\<hash>.dat``);
+        images are XOR-wrapped ``.dat`` files (fact sheet §2.1, §2.3, §2.6)."""
+        kind = att.kind
+        extra = (row.values or {}).get("BytesExtra")
+        paths = bytes_extra_paths(extra) if isinstance(extra, bytes) else {}
+        account = self.path.parent
+        full, thumb = paths.get(4), paths.get(3)
+        if not full and not thumb:
+            return Media("", kind, None, None, looked="the row's BytesExtra names no file")
+        dat = kind in ("image", "emotion")
+        tries = [(full, None)] + ([(thumb, "only the thumbnail was on the device")] if kind == "image" else [])
+        for rel, note in tries:
+            f = _account_file(account, rel) if rel else None
+            if f is not None and mediafiles.first_file([f]):
+                return Media("", kind, None, None, file=f, dat=dat and f.suffix.lower() == ".dat", note=note)
+        return Media("", kind, None, None, looked=f"not in the copy: {full or thumb} (never downloaded on the PC, or "
+                                                  "cleared)")
+
     def _voice(self, row: dict) -> list[Media]:
         if row.get("Type") != 34 or not isinstance(row.get("MsgSvrID"), int) or not row["MsgSvrID"]:
             return []
@@ -194,3 +215,26 @@ class WindowsReader(sqlcipher.OpenDatabases):
             if got and got[0]:
                 return [Media("", "voice", bytes(got[0]), "audio/silk")]
         return []
+
+
+def bytes_extra_paths(blob: bytes) -> dict[int, str]:
+    """The file paths of a ``BytesExtra`` protobuf: attribute 4 (the file) and 3 (its thumbnail)."""
+    out: dict[int, str] = {}
+    try:
+        for num, val in iter_fields(blob):
+            if num == 3 and isinstance(val, bytes):
+                attr = dict(iter_fields(val))
+                if attr.get(1) in (3, 4) and isinstance(attr.get(2), bytes) and attr[2]:
+                    out[attr[1]] = attr[2].decode("utf-8", "replace")
+    except (ProtobufError, ValueError):
+        return out
+    return out
+
+
+def _account_file(account: Path, rel: str) -> Path | None:
+    """A ``BytesExtra`` path under the account folder: its first part is the account's own folder
+    name when the second is ``FileStorage``."""
+    parts = [p for p in rel.replace("\\", "/").split("/") if p]
+    if len(parts) > 1 and parts[1] == "FileStorage":
+        parts = parts[1:]
+    return mediafiles.inside(account, "/".join(parts))
