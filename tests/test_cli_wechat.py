@@ -120,3 +120,27 @@ def test_missing_path(tmp_path):
     p = run("ingest", "wechat", str(tmp_path / "nope"), "--format", "v4", "--key", "11" * 32, "--policy",
             str(tmp_path / "p.toml"), home=tmp_path / "home")
     assert_clean_error(p)
+
+
+def test_readme_wechat_commands_run_as_written(tmp_path):
+    """The README's WeChat block, run line by line (its /tmp/device in a temporary folder)."""
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## WeChat from managed devices\s+```sh\n(.*?)```", text, re.S).group(1)
+    lines = [re.sub(r"\s+#.*$", "", x) for x in block.replace("\\\n", " ").splitlines() if x.strip()]
+    assert len(lines) == 3 and all(x.startswith("wxarchive ") for x in lines)
+    env = {"WXARCHIVE_HOME": str(tmp_path / "home")}
+    outs = []
+    for line in lines:
+        args = shlex.split(line.replace("/tmp/device", str(tmp_path / "device")))[1:]
+        p = run(*args, env=env)
+        assert p.returncode == 0, (line, p.stderr)
+        outs.append(p.stdout)
+    a = json.loads((tmp_path / "device" / "answer.json").read_text())
+    assert f"{a['total']} messages: 0 would be captured" in outs[1]  # no policy yet: nothing is work
+    assert f"archived {a['work']}," in outs[2]
+    # three images (one a thumbnail only, one a V2 .dat opened with the image key), the video, the file,
+    # the voice and its WAV present; the image never downloaded on the PC missing
+    assert "media: 1 missing, 7 present" in outs[2], outs[2]

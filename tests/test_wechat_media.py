@@ -177,3 +177,20 @@ def test_media_removed_from_the_copy_is_missing_with_where_it_was_looked_for(tmp
     assert any("image2/" in a["reason"] for a in atts) and any("video/" in a["reason"] for a in atts)
     files = [a for v in _attachments(home).values() for a in v if a["kind"] == "file" and a["path"] == ""]
     assert files and all("outside the account folder" in a["reason"] for a in files)
+
+
+def test_a_link_out_of_the_account_folder_is_not_followed(tmp_path):
+    answer = generate_device(tmp_path / "dev", "win3")
+    outside = tmp_path / "outside-secret.dat"
+    outside.write_bytes(dat_3x(png(8, 8, 99), 0x5A))  # would unwrap fine, were it read
+    [dat] = [p for p in (tmp_path / "dev").rglob("*.dat") if "Image" in p.parts and p.stat().st_size > 1000]
+    dat.unlink()
+    dat.symlink_to(outside)
+    home = tmp_path / "h"
+    _run(answer, home)
+    img = next(e for e in answer["messages"] if e["kind"] == "image" and e["attachments"] == ["image:present"]
+               and not e.get("media_reason"))
+    [a] = _attachments(home)[img["msgid"]]
+    # the thumbnail (a real file of the account) is taken instead; the linked file never is
+    assert a["sha256"] != hashlib.sha256(png(8, 8, 99)).hexdigest()
+    assert a["state"] == "present" and "only the thumbnail" in a["reason"]

@@ -16,7 +16,13 @@ every message type the importer maps, group senders each platform's way, recalls
 (W1), zstd content (v4), an unknown type — and personal chats whose text carries the marker
 ``PERSONAL-SECRET`` so tests can scan the archive's bytes for it.
 
-Beside the databases: ``key.txt`` (the account key or Android passphrase), ``policy.toml``
+Media files sit where each platform keeps them (Android ``image2/`` and ``video/``; 3.x
+``FileStorage`` with XOR-wrapped image ``.dat`` files named in ``BytesExtra``; 4.x ``msg/attach``
+V1 and V2 ``.dat``, ``msg/video``, ``msg/file``): a full image, one with only its thumbnail, one
+never downloaded, a video, a file, and a personal photo that must never be read.
+
+Beside the databases: ``key.txt`` (the account key or Android passphrase; 4.x also
+``image_key.txt``, the account's V2 image key), ``policy.toml``
 and ``clients.csv`` (which chats are work), and ``answer.json``: every work message the
 importer must archive, with its expected fields, and the count of personal ones
 (``device.json``: the same without the message list, for tools that need only the totals).

@@ -224,16 +224,16 @@ class AndroidReader(sqlcipher.OpenDatabases):
                 h = n[3:] if n.startswith("th_") else n
                 return d / "image2" / h[:2] / h[2:4] / n
 
-            f = mediafiles.first_file([where(n) for n in big if len(n) > 4])
+            f = mediafiles.first_file([where(n) for n in big if len(n) > 4], d)
             if f:
                 return Media("", kind, None, None, file=f)
-            f = mediafiles.first_file([where(n) for n in thumb if len(n) > 4])
+            f = mediafiles.first_file([where(n) for n in thumb if len(n) > 4], d)
             if f:
                 return Media("", kind, None, None, file=f, note="only the thumbnail was on the device")
             return Media("", kind, None, None, looked="no full image or thumbnail for it in image2/ (never downloaded "
                                                       "on the phone, or cleared)")
         if kind == "video":
-            f = mediafiles.first_file([d / "video" / f"{stem}.mp4"]) if stem else None
+            f = mediafiles.first_file([d / "video" / f"{stem}.mp4"], d) if stem else None
             if f:
                 return Media("", kind, None, None, file=f)
             return Media("", kind, None, None, looked=f"not in video/ (looked for {stem}.mp4)" if stem else

@@ -193,12 +193,18 @@ def load(file: Path, dat: bool, declared_md5: str | None, aes_key: bytes | None 
     return Loaded(data, mt, "present", "; ".join(reasons) or None)
 
 
-def first_file(candidates: list[Path]) -> Path | None:
+def first_file(candidates: list[Path], within: Path) -> Path | None:
+    """The first candidate that is a regular file inside ``within`` once symbolic links are
+    followed (a copy holding a link to /etc/shadow must not get it archived)."""
+    try:
+        root = within.resolve()
+    except OSError:
+        return None
     for c in candidates:
         try:
-            if c.is_file():
+            if c.is_file() and c.resolve().is_relative_to(root):
                 return c
-        except OSError:
+        except (OSError, RuntimeError):
             continue
     return None
 

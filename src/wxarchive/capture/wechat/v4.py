@@ -201,7 +201,7 @@ class V4Reader(sqlcipher.OpenDatabases):
             months = _months(base)
             for suffix, note in (("_h.dat", None), (".dat", None), ("_W.dat", None),
                                  ("_t.dat", "only the thumbnail was on the device")):
-                f = mediafiles.first_file([m / "Img" / f"{name}{suffix}" for m in months])
+                f = mediafiles.first_file([m / "Img" / f"{name}{suffix}" for m in months], account)
                 if f:
                     return Media("", "image", None, None, file=f, dat=True, note=note)
             return Media("", "image", None, None, looked=f"no msg/attach/{mediafiles.md5_hex(talker)}/*/Img/{name}*.dat "
@@ -210,14 +210,14 @@ class V4Reader(sqlcipher.OpenDatabases):
             name = video_md5 or att.declared_md5
             if not name or not _HEX32.match(name):
                 return Media("", "video", None, None, looked="the row names no video file (no md5)")
-            f = mediafiles.first_file([m / f"{name}.mp4" for m in _months(account / "msg" / "video")])
+            f = mediafiles.first_file([m / f"{name}.mp4" for m in _months(account / "msg" / "video")], account)
             return Media("", "video", None, None, file=f) if f else \
                 Media("", "video", None, None, looked=f"no msg/video/*/{name}.mp4 (never downloaded, or cleared)")
         if att.kind == "file":
             name = att.file_name or ""
             if not name or name != Path(name).name or name.startswith("."):
                 return Media("", "file", None, None, looked="the message names no usable file name")
-            found = [f for f in (m / name for m in _months(account / "msg" / "file")) if mediafiles.first_file([f])]
+            found = [f for f in (m / name for m in _months(account / "msg" / "file")) if mediafiles.first_file([f], account)]
             if att.declared_md5 and found:
                 # the same name in several months: the one whose content the message declares
                 same = [f for f in found if _file_md5(f) == att.declared_md5.lower()]

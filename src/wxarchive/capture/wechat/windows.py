@@ -202,7 +202,7 @@ class WindowsReader(sqlcipher.OpenDatabases):
         tries = [(full, None)] + ([(thumb, "only the thumbnail was on the device")] if kind == "image" else [])
         for rel, note in tries:
             f = _account_file(account, rel) if rel else None
-            if f is not None and mediafiles.first_file([f]):
+            if f is not None and mediafiles.first_file([f], account):
                 return Media("", kind, None, None, file=f, dat=dat and f.suffix.lower() == ".dat", note=note)
         return Media("", kind, None, None, looked=f"not in the copy: {full or thumb} (never downloaded on the PC, or "
                                                   "cleared)")
