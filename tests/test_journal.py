@@ -98,3 +98,64 @@ def test_wrong_master_key_is_a_clear_error(tmp_path, master):
     other = LocalMasterKey(os.urandom(32), "other")
     with pytest.raises(KeyError_, match="master key"):
         list(Journal.open(tmp_path, other).entries())
+
+
+def test_appends_between_syncs_are_read_back_and_survive_reopen(tmp_path, master, monkeypatch):
+    """Frames wait in memory between syncs (and are written in pieces): readers of the same
+    journal see them, a small segment size set after opening is honoured, every frame is whole."""
+    monkeypatch.setattr(jmod, "_WRITE_BYTES", 1000)
+    j = Journal.open(tmp_path, master)
+    j.segment_bytes = 8192
+    payloads = [secrets.token_bytes(i % 300) for i in range(300)]
+    for i, p in enumerate(payloads):
+        j.append("test.record", {"source": "s", "key": f"k{i}"}, p)
+        if i == 150:
+            assert [e.data for e in j.entries()] == payloads[:151]  # pending frames are written first
+    j.sync()
+    assert len(j.segments()) > 5
+    assert all(s.stat().st_size < 8192 + 400 for s in j.segments())
+    j.close()
+    j = Journal.open(tmp_path, master)
+    assert [e.data for e in j.entries()] == payloads
+    assert j.head_serial == 300
+
+
+def test_nonces_never_repeat_under_a_segment_key(tmp_path, master):
+    """Reopening the tail (and re-using the serial of a cut torn frame) draws a new nonce base."""
+    for _ in range(3):
+        with Journal.open(tmp_path, master) as j:
+            _fill(j, 20)
+    seg = Journal.open(tmp_path, master).segments()[-1]
+    with open(seg, "r+b") as f:
+        f.truncate(seg.stat().st_size - 5)
+    with Journal.open(tmp_path, master) as j:
+        _fill(j, 5)
+    nonces = [fr.nonce for fr in iter_frames(seg)]
+    assert len(nonces) == 64 and len(set(nonces)) == 64  # 60, the last cut, 5 more
+
+
+def test_failed_fsync_is_not_retried(tmp_path, master, monkeypatch):
+    """After a write or fsync fails the journal refuses to report anything durable (the kernel may
+    have dropped the pages it could not write); reopening starts from what the file holds."""
+    with Journal.open(tmp_path, master) as j:
+        _fill(j, 5)
+    j = Journal.open(tmp_path, master)
+    j.append("test.record", {"source": "s", "key": "lost"}, b"x")
+
+    def failing_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(jmod.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        j.sync()
+    monkeypatch.undo()
+    with pytest.raises(JournalError, match="failed"):
+        j.sync()
+    with pytest.raises(JournalError, match="failed"):
+        j.append("test.record", {"source": "s", "key": "more"}, b"y")
+    j.close()
+    j = Journal.open(tmp_path, master)
+    assert j.head_serial in (5, 6)
+    j.append("test.record", {"source": "s", "key": "after"}, b"z")
+    j.sync()
+    assert [e.key for e in j.entries()][-1] == "after"

@@ -65,13 +65,27 @@ def _encode_meta(meta: dict[str, Any]) -> bytes:
     return orjson.dumps(meta, default=_not_json, option=_META_OPTIONS)
 
 
+def _kind_bytes(kind: str) -> bytes:
+    """The head's ``u16 len(kind) | kind``, built once per kind."""
+    kb = _KIND_BYTES[kind] = len(kind).to_bytes(2, "big") + kind.encode("ascii")
+    return kb
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def decode_meta(raw: bytes) -> Any:
     """The JSON metadata of an entry (a ValueError if it is not one JSON value in UTF-8)."""
     return orjson.loads(raw)
 
 
-_WRITE_BUFFER = 1 << 20  # appends are buffered between syncs; sync flushes and fsyncs
+_WRITE_BYTES = 1 << 20  # appended frames are held in memory up to this, then written; sync writes and fsyncs
 _NONCE_MASK = (1 << 96) - 1
+_time_ns = time.time_ns
+_dumps = orjson.dumps
 
 
 class JournalError(Exception):
@@ -185,15 +199,34 @@ class Journal:
         self.master = master
         self.head_serial = 0
         self.head_hash = GENESIS_HASH
-        self._file = None
+        self._file = None  # the segment open for appending (unbuffered: ``_pending`` is the buffer)
         self._segment: Path | None = None
         self._aead: AESGCM | None = None
-        self._seg_bytes = 0
         self._aead_cache: dict[str, AESGCM] = {}
-        self._dirty = False
         self.readonly = False
-        self.segment_bytes: int | None = None  # None: the module's SEGMENT_BYTES
-        self._nonce = 0  # set from os.urandom whenever a segment is opened for appending
+        self._segment_bytes: int | None = None
+        # Appended frames not yet written, as parts (length, head | nonce, ciphertext, hash).
+        self._pending: list[bytes] = []
+        # Bookkeeping of the hot path: ``append`` only subtracts each frame's size from
+        # ``_budget``; when it is spent, ``_make_room`` writes the pending frames or starts a
+        # new segment. ``_seg_bytes`` and ``_pending_bytes`` are as of the last ``_settle``.
+        self._budget = 0  # 0: nothing is open for appending
+        self._budget_set = 0
+        self._seg_bytes = 0
+        self._pending_bytes = 0
+        self._synced = 0  # head_serial when the last sync returned (or the journal was opened)
+        self._failed: BaseException | None = None  # a write or fsync that failed: no more appends
+        self._nonce_base = 0  # drawn from os.urandom whenever a segment is opened for appending
+
+    @property
+    def segment_bytes(self) -> int | None:
+        """Size at which a new segment is started (None: the module's ``SEGMENT_BYTES``)."""
+        return self._segment_bytes
+
+    @segment_bytes.setter
+    def segment_bytes(self, value: int | None) -> None:
+        self._settle()  # the next append re-reads it
+        self._segment_bytes = value
 
     # ---- opening -------------------------------------------------------------------
 
@@ -241,6 +274,7 @@ class Journal:
                 f.flush()
                 os.fsync(f.fileno())
         self.head_serial, self.head_hash = serial, prev
+        self._synced = serial
 
     # ---- writing -------------------------------------------------------------------
 
@@ -272,17 +306,20 @@ class Journal:
             {"segment": seg.name, "first_serial": first, "prev_hash": self.head_hash.hex(),
              "created_at": int(time.time() * 1000), "cipher": "AES-256-GCM", "chain": "SHA-256"}
         ).encode()
-        f = open(seg, "xb", buffering=_WRITE_BUFFER)
-        f.write(MAGIC + _U32.pack(len(header)) + header)
-        f.flush()
-        os.fsync(f.fileno())
-        fsync_dir(self.keys_dir)
-        fsync_dir(self.dir)
+        f = open(seg, "xb", buffering=0)
+        try:
+            _write_all(f.fileno(), MAGIC + _U32.pack(len(header)) + header)
+            os.fsync(f.fileno())
+            fsync_dir(self.keys_dir)
+            fsync_dir(self.dir)
+        except BaseException:
+            f.close()
+            raise
         self._file, self._segment = f, seg
         self._aead = AESGCM(data_key)
         self._aead_cache[seg.stem] = self._aead
-        self._nonce = int.from_bytes(os.urandom(12), "big")
-        self._seg_bytes = f.tell()
+        self._nonce_base = int.from_bytes(os.urandom(12), "big")
+        self._seg_bytes = 8 + len(header)
 
     def _open_tail(self) -> None:
         segs = self.segments()
@@ -291,42 +328,74 @@ class Journal:
             return
         self._segment = segs[-1]
         self._aead = self._segment_aead(self._segment)
-        self._nonce = int.from_bytes(os.urandom(12), "big")
-        self._file = open(self._segment, "ab", buffering=_WRITE_BUFFER)
-        self._seg_bytes = self._file.tell()
+        self._nonce_base = int.from_bytes(os.urandom(12), "big")
+        self._file = open(self._segment, "ab", buffering=0)
+        self._seg_bytes = self._file.seek(0, os.SEEK_END)
+
+    def _settle(self) -> None:
+        """Account the frames appended since the last call (``append`` only spends ``_budget``)."""
+        used = self._budget_set - self._budget
+        self._seg_bytes += used
+        self._pending_bytes += used
+        self._budget = self._budget_set = 0
+
+    def _make_room(self) -> None:
+        """Before an append whose budget is spent: open the tail, or write the pending frames,
+        or start a new segment when this one is full; then set the next budget."""
+        self._settle()
+        if self._failed is not None:
+            raise JournalError(f"{self.dir}: an earlier write or fsync failed ({self._failed}); "
+                               "reopen the journal") from None
+        limit = self.segment_bytes or SEGMENT_BYTES
+        if self._file is None:
+            if self.readonly:
+                raise JournalError(f"{self.dir}: opened read-only")
+            self._open_tail()
+        elif self._seg_bytes >= limit:
+            self._start_segment()
+        elif self._pending_bytes >= _WRITE_BYTES:
+            self._write_pending()
+        # at least 1, so that one frame always goes in (a segment may exceed the limit by one)
+        self._budget = self._budget_set = max(1, min(limit - self._seg_bytes, _WRITE_BYTES - self._pending_bytes))
+
+    def _write_pending(self) -> None:
+        """Write the pending frames to the segment file (no fsync)."""
+        self._settle()
+        parts = self._pending
+        if not parts:
+            return
+        try:
+            _write_all(self._file.fileno(), b"".join(parts))
+        except BaseException as e:
+            # Some of it may be on disk: the in-memory head is no longer what the file holds.
+            # Reopening cuts a torn frame; whole frames written stay (they were never reported durable).
+            self._failed = e
+            raise
+        parts.clear()
+        self._pending_bytes = 0
 
     def append(
         self, kind: str, meta: dict[str, Any], data: bytes = b"", *, at: int | None = None
     ) -> int:
-        """Append one entry (buffered: call ``sync`` before relying on it). Returns its serial."""
-        f = self._file
-        if f is None:
-            if self.readonly:
-                raise JournalError(f"{self.dir}: opened read-only")
-            self._open_tail()
-            f = self._file
-        elif self._seg_bytes >= (self.segment_bytes or SEGMENT_BYTES):
-            self._start_segment()
-            f = self._file
+        """Append one entry (held in memory: call ``sync`` before relying on it). Returns its serial."""
+        if self._budget <= 0:
+            self._make_room()
         serial = self.head_serial + 1
-        kb = _KIND_BYTES.get(kind)
-        if kb is None:
-            kb = _KIND_BYTES.setdefault(kind, (len(kind).to_bytes(2, "big") + kind.encode("ascii")))
-        head = _U64x2.pack(serial, at if at is not None else time.time_ns() // 1_000_000) + kb
-        m = _encode_meta(meta)
-        # The GCM nonce: never used before under this segment's key, a random 96-bit start drawn
-        # when the segment is opened for appending, plus one per entry. (Deriving it from the
-        # serial would repeat a nonce when a torn tail is cut and its serial re-used.)
-        self._nonce = n = (self._nonce + 1) & _NONCE_MASK
-        nonce = n.to_bytes(12, "big")
+        kb = _KIND_BYTES.get(kind) or _kind_bytes(kind)
+        head = _U64x2.pack(serial, _time_ns() // 1_000_000 if at is None else at) + kb
+        m = _dumps(meta, _not_json, _META_OPTIONS)  # = _encode_meta(meta)
+        # The GCM nonce: never used before under this segment's key: a random 96-bit base drawn
+        # whenever the segment is opened for appending, plus the serial. (The serial alone would
+        # repeat a nonce when a torn tail is cut and its serial re-used.)
+        nonce = ((self._nonce_base + serial) & _NONCE_MASK).to_bytes(12, "big")
+        hn = head + nonce
         ct = self._aead.encrypt(nonce, b"".join((_U32.pack(len(m)), m, data)), head)
-        h = _sha256(b"".join((self.head_hash, head, nonce, ct))).digest()  # = chain_hash(...)
-        body_len = len(head) + 44 + len(ct)  # head | nonce (12) | ct | hash (32)
-        f.write(b"".join((_U32.pack(body_len), head, nonce, ct, h)))
-        self._seg_bytes += 4 + body_len
+        h = _sha256(b"".join((self.head_hash, hn, ct))).digest()  # = chain_hash(...)
+        n = len(hn) + len(ct) + 32  # the frame's body: head | nonce | ciphertext+tag | hash
+        self._pending += (_U32.pack(n), hn, ct, h)
+        self._budget -= 4 + n
         self.head_serial = serial
         self.head_hash = h
-        self._dirty = True
         return serial
 
     def head_segment(self) -> str:
@@ -337,17 +406,32 @@ class Journal:
         return segs[-1].name if segs else ""
 
     def sync(self) -> None:
-        """Make every appended entry durable (flush + fsync)."""
-        if self._file is not None and self._dirty:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._dirty = False
+        """Make every appended entry durable (write + fsync). After a failed write or fsync the
+        journal refuses to go on (an fsync is not retried: the kernel may have dropped the data
+        it could not write); reopening it starts again from what the files hold."""
+        if self._failed is not None:
+            raise JournalError(f"{self.dir}: an earlier write or fsync failed ({self._failed}); "
+                               "reopen the journal") from None
+        if self._file is not None and self._synced != self.head_serial:
+            self._write_pending()
+            try:
+                os.fsync(self._file.fileno())
+            except BaseException as e:
+                self._failed = e
+                raise
+            self._synced = self.head_serial
 
     def _close_file(self) -> None:
         if self._file is not None:
-            self.sync()
-            self._file.close()
-            self._file = None
+            try:
+                if self._failed is None:  # else: nothing more is written; close() only lets go
+                    self.sync()
+            finally:
+                self._settle()
+                self._file.close()
+                self._file = None
+                self._pending.clear()
+                self._pending_bytes = 0
 
     def close(self) -> None:
         self._close_file()
@@ -396,8 +480,8 @@ class Journal:
         """Decrypted entries with serial > ``after``, in order (buffered writes are flushed first).
         An entry of a shredded segment (content purged) comes as kind ``shredded`` with no
         metadata or data, so that serials stay contiguous for whoever follows the journal."""
-        if self._file is not None:
-            self._file.flush()
+        if self._file is not None and self._failed is None:
+            self._write_pending()
         segs = self.segments()
         starts = [int(s.stem.split("-")[1]) for s in segs]
         for i, seg in enumerate(segs):
