@@ -194,3 +194,44 @@ def test_a_link_out_of_the_account_folder_is_not_followed(tmp_path):
     # the thumbnail (a real file of the account) is taken instead; the linked file never is
     assert a["sha256"] != hashlib.sha256(png(8, 8, 99)).hexdigest()
     assert a["state"] == "present" and "only the thumbnail" in a["reason"]
+
+
+def test_media_found_in_a_later_copy_are_archived_then(v4_device, tmp_path):
+    """A picture downloaded on the device after its message was archived, and a V2 image whose key
+    is given later: the next run archives them; a run that finds nothing new journals nothing."""
+    root = Path(v4_device["device"]).parents[1]
+    dev = tmp_path / "dev"
+    shutil.copytree(root, dev)
+    answer = dict(v4_device, device=str(dev / Path(v4_device["device"]).relative_to(root)))
+    [full] = [p for p in dev.rglob("*.dat") if not p.name.endswith("_t.dat")
+              and p.stat().st_size > 1000 and b"V1" in p.read_bytes()[:6]]
+    held = full.read_bytes()
+    full.unlink()  # the first copy has only the thumbnail
+    home = tmp_path / "h"
+    first = _run(answer, home)
+    assert first.media_found_later == 0
+    e = next(x for x in v4_device["messages"] if x["kind"] == "image" and x["attachments"] == ["image:present"]
+             and not x.get("media_reason") and x["conversation_id"] == "wxid_client01")
+    [a] = _attachments(home)[e["msgid"]]
+    assert "only the thumbnail" in a["reason"]
+    v2 = _attachments(home)[_v2_image(v4_device)["msgid"]][0]
+    assert "stored as found" in v2["reason"]
+    again = _run(answer, home)  # nothing new in the copy: nothing journaled
+    assert again.media_found_later == 0 and again.counts["pulled"] == 0
+    full.write_bytes(held)  # a newer copy: the full picture was downloaded since
+    later = _run(answer, home, image_key=V4_IMAGE_KEY)  # and the image key is known now
+    assert later.media_found_later == 2 and later.counts["archived"] == 0
+    [a] = _attachments(home)[e["msgid"]]
+    assert (a["state"], a["reason"], a["sha256"]) == ("present", None, e["media_sha256"][0])
+    [b] = _attachments(home)[_v2_image(v4_device)["msgid"]]
+    assert (b["reason"], b["sha256"], b["media_type"]) == (None, _v2_image(v4_device)["media_sha256"][0], "image/png")
+    assert _run(answer, home, image_key=V4_IMAGE_KEY).media_found_later == 0
+    with Archive.open(home, readonly=True) as ar:  # the earlier outcomes stay in the journal; reindex agrees
+        outcomes = [x.meta for x in ar.journal.entries() if x.kind == "media" and x.meta["key"] == e["msgid"]]
+    assert len(outcomes) == 2 and outcomes[1]["found_later"]
+    from wxarchive.ingest import reindex
+
+    before = _attachments(home)
+    with Archive.open(home) as ar:
+        reindex(ar)
+    assert _attachments(home) == before

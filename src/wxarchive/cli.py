@@ -403,7 +403,9 @@ def ingest_wechat_cmd(
               f"{c['pulled']} messages, archived {c['archived']}, duplicates {c['duplicates']}, quarantined "
               f"{c['quarantined']}; {result.personal_conversations} personal conversations with {c['excluded']} "
               f"messages excluded; media: " + (", ".join(f"{n} {state}" for state, n in sorted(result.media.items()))
-                                               or "none"), highlight=False)
+                                               or "none")
+              + (f"; {result.media_found_later} media of earlier messages found in this copy"
+                 if result.media_found_later else ""), highlight=False)
     if result.status == "stopped":
         raise typer.Exit(130)
     if result.status != "ok":

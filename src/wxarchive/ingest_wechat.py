@@ -65,6 +65,7 @@ class WeChatResult:
     counts: dict[str, int] = field(default_factory=lambda: {
         "pulled": 0, "archived": 0, "duplicates": 0, "quarantined": 0, "excluded": 0})
     media: dict[str, int] = field(default_factory=dict)
+    media_found_later: int = 0  # media of messages archived by earlier runs, found in this copy
     warnings: list[str] = field(default_factory=list)
     work_conversations: int = 0
     personal_conversations: int = 0
@@ -217,6 +218,8 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
             if should_stop():
                 result.status = "stopped"
                 break
+        if result.status == "ok":
+            _look_again(archive, reader, source, {p.talker for p in plans if p.decision.work}, result)
     except WeChatDbError as e:
         result.status, result.error = "failed", str(e)
     except Exception as e:  # a read error in the middle of a database: the run ends, what was read stays
@@ -303,18 +306,50 @@ def _media(archive: Archive, reader, source: str, key: str, att: Attachment, row
     if att.kind in ("voice", "voice_wav"):
         _voice_outcome(archive, {m.path: m for m in row.media}.get(""), att.path, meta)
     else:
-        found = reader.media_file(row, att)
-        if found.file is None:
-            meta.update(state="missing", reason=found.looked or "not in the copy")
-        else:
-            got = mediafiles.load(found.file, found.dat, att.declared_md5, aes_key=getattr(reader, "image_key", None),
-                                  note=found.note)
-            meta.update(state=got.state, reason=got.reason)
-            if got.data is not None:
-                meta.update(sha256=archive.blobs.put(got.data), size=len(got.data), media_type=got.media_type)
+        _file_outcome(archive, reader, att, reader.media_file(row, att), meta)
     result.media[meta["state"]] = result.media.get(meta["state"], 0) + 1
     serial = archive.journal.append("media", meta)
     return Entry(serial, now, "media", meta, b"")
+
+
+def _file_outcome(archive: Archive, reader, att: Attachment, found, meta: dict[str, Any]) -> None:
+    if found.file is None:
+        meta.update(state="missing", reason=found.looked or "not in the copy")
+        return
+    got = mediafiles.load(found.file, found.dat, att.declared_md5, aes_key=getattr(reader, "image_key", None),
+                          note=found.note)
+    meta.update(state=got.state, reason=got.reason)
+    if got.data is not None:
+        meta.update(sha256=archive.blobs.put(got.data), size=len(got.data), media_type=got.media_type)
+
+
+def _look_again(archive: Archive, reader, source: str, work: set[str], result: WeChatResult) -> None:
+    """Media that earlier runs found missing (or only as a thumbnail) are looked for again in
+    this copy — a picture is often downloaded on the device after its message arrived. Only
+    for conversations that are work now; a new outcome is journaled only when the file is
+    there (and is more than the thumbnail already archived)."""
+    entries: list[Entry] = []
+    now = int(time.time() * 1000)
+    for a in archive.catalog.media_to_look_again(source):
+        cursor_key, _, local_id = (a["cursor"] or "").rpartition(":")
+        if a["conversation_id"] not in work or not cursor_key or not local_id.isdigit():
+            continue
+        row = reader.row_at(cursor_key, int(local_id))
+        if row is None or str(row.server_id) != a["msgid"]:  # not the same message any more (reinstall, restore)
+            continue
+        att = Attachment(path="", kind=a["kind"], file_name=a["file_name"], declared_md5=a["declared_md5"])
+        found = reader.media_file(row, att)
+        if found.file is None or (a["state"] == "present" and found.note):
+            continue
+        meta: dict[str, Any] = {"source": source, "key": a["msgid"], "path": "", "found_later": True}
+        _file_outcome(archive, reader, att, found, meta)
+        if meta["state"] != "present" or meta.get("sha256") == a["sha256"]:
+            continue  # nothing better than what is archived
+        result.media_found_later += 1
+        entries.append(Entry(archive.journal.append("media", meta), now, "media", meta, b""))
+    if entries:
+        archive.journal.sync()
+        apply(archive, entries)
 
 
 def _voice_outcome(archive: Archive, original, path: str, meta: dict[str, Any]) -> None:

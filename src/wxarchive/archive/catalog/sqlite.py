@@ -203,6 +203,24 @@ class Catalog:
                 q = q.limit(limit)
             return [dict(r._mapping) for r in c.execute(q)]
 
+    def media_to_look_again(self, source: str) -> list[dict[str, Any]]:
+        """Device media of ``source`` not (fully) archived: missing or failed, only a thumbnail,
+        or a ``.dat`` kept as found, with the capture cursor of their message (where its row was read)."""
+        a, m, r = s.attachments, s.messages, s.records
+        with self.engine.connect() as c:
+            q = (
+                select(a.c.path, a.c.kind, a.c.file_name, a.c.declared_md5, a.c.state, a.c.reason, a.c.sha256, m.c.msgid,
+                       m.c.conversation_id, r.c.cursor)
+                .join(m, m.c.id == a.c.message_id)
+                .join(r, (r.c.source == m.c.source) & (r.c.key == m.c.msgid))
+                .where(m.c.source == source, a.c.path == "", a.c.kind.in_(("image", "video", "file")),
+                       a.c.state.in_(("missing", "failed", "present")))
+                .order_by(a.c.id)
+            )
+            return [dict(x._mapping) for x in c.execute(q)
+                    if x.state != "present" or "only the thumbnail" in (x.reason or "")
+                    or "stored as found" in (x.reason or "")]
+
     # ---- writing -------------------------------------------------------------------
 
     @contextmanager

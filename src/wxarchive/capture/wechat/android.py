@@ -178,6 +178,15 @@ class AndroidReader(sqlcipher.OpenDatabases):
             rec = make_record(self.format, DB_NAME, "message", talker, self.owner, row, occurrence=occurrence)
             yield RawRow(key, row["msgId"], rec, self._voice(row), row, fingerprint(row["msgSvrId"], row["createTime"]))
 
+    def row_at(self, cursor_key: str, local_id: int) -> RawRow | None:
+        """The row a cursor position names, in this copy (to look again for its media)."""
+        cur = self.conn.execute("SELECT * FROM message WHERE msgId = ?", (local_id,))
+        got = cur.fetchone()
+        if got is None:
+            return None
+        row = dict(zip([d[0] for d in cur.description], got))
+        return RawRow(cursor_key, local_id, {"talker": cursor_key.split("|", 2)[2]}, [], row, server_id=row["msgSvrId"])
+
     def fingerprint(self, cursor_key: str, local_id: int) -> str | None:
         got = self.conn.execute("SELECT msgSvrId, createTime FROM message WHERE msgId = ?", (local_id,)).fetchone()
         return fingerprint(*got) if got else None

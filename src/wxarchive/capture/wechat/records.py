@@ -112,6 +112,7 @@ class RawRow:
     media: list[Media] = field(default_factory=list)
     values: dict[str, Any] | None = None  # the row as read (what "row" encodes), to parse without decoding
     fingerprint: str = ""  # server id and time: the cursor checks the row it stopped at is still this one
+    server_id: Any = None  # set by row_at: the caller checks the row is still the message it wants
 
 
 def fingerprint(server_id: Any, time: Any) -> str:

@@ -174,6 +174,19 @@ class V4Reader(sqlcipher.OpenDatabases):
                     yield RawRow(key, row["local_id"], rec, self._voice(row), row,
                                  fingerprint(row["server_id"], row["create_time"]))
 
+    def row_at(self, cursor_key: str, local_id: int) -> RawRow | None:
+        """The row a cursor position names, in this copy (to look again for its media)."""
+        file, table, talker = cursor_key.split("|", 2)
+        for f, conn, _, tables in self.shards:
+            if f == file and table in tables:
+                cur = conn.execute(f"SELECT * FROM {sqlcipher.quote(table)} WHERE local_id = ?", (local_id,))
+                got = cur.fetchone()
+                if got is None:
+                    return None
+                row = dict(zip([d[0] for d in cur.description], got))
+                return RawRow(cursor_key, local_id, {"talker": talker}, [], row, server_id=row["server_id"])
+        return None
+
     def fingerprint(self, cursor_key: str, local_id: int) -> str | None:
         file, table = cursor_key.split("|", 2)[:2]
         for f, conn, _, tables in self.shards:

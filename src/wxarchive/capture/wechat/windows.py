@@ -179,6 +179,20 @@ class WindowsReader(sqlcipher.OpenDatabases):
                 yield RawRow(key, row["localId"], rec, self._voice(row), row,
                              fingerprint(row["MsgSvrID"], row["CreateTime"]))
 
+    def row_at(self, cursor_key: str, local_id: int) -> RawRow | None:
+        """The row a cursor position names, in this copy (to look again for its media)."""
+        file = cursor_key.split("|", 1)[0]
+        for f, conn in self.shards:
+            if f == file:
+                cur = conn.execute("SELECT * FROM MSG WHERE localId = ?", (local_id,))
+                got = cur.fetchone()
+                if got is None:
+                    return None
+                row = dict(zip([d[0] for d in cur.description], got))
+                return RawRow(cursor_key, local_id, {"talker": cursor_key.split("|", 2)[2]}, [], row,
+                              server_id=row["MsgSvrID"])
+        return None
+
     def fingerprint(self, cursor_key: str, local_id: int) -> str | None:
         file = cursor_key.split("|", 1)[0]
         for f, conn in self.shards:
