@@ -142,5 +142,33 @@ def test_readme_wechat_commands_run_as_written(tmp_path):
     assert f"{a['total']} messages: 0 would be captured" in outs[1]  # no policy yet: nothing is work
     assert f"archived {a['work']}," in outs[2]
     # three images (one a thumbnail only, one a V2 .dat opened with the image key), the video, the file,
-    # the voice and its WAV present; the image never downloaded on the PC missing
-    assert "media: 1 missing, 7 present" in outs[2], outs[2]
+    # the voice and its WAV present; the image never downloaded on the PC, the sticker and the forwarded
+    # record's file missing: the same counts as status gives
+    assert "media: 3 missing, 7 present" in outs[2], outs[2]
+    st = run("status", env=env)
+    assert "3 missing, 7 present" in st.stdout, st.stdout
+
+
+def test_sender_found_by_every_name_an_officer_may_type(dev, tmp_path):
+    """A WeChat contact is found by their remark, its plain part, their nickname, each script of a
+    bilingual name, their WeChat ID, and a mobile written in their remark (any formatting)."""
+    d, a = dev
+    home = tmp_path / "home"
+    assert _ingest(home, d, a, "--policy", str(d / "policy.toml")).returncode == 0
+
+    def count(sender: str) -> int:
+        p = run("search", "--sender", sender, "--count", home=home)
+        assert p.returncode == 0, p.stderr
+        return int(p.stdout.split()[0])
+
+    want = {who: sum(1 for e in a["messages"] if e["sender"] == who)
+            for who in ("wxid_client01", "wxid_client02", "wxid_colleague01", "wxid_client03")}
+    assert all(want.values())
+    for who, names in {"wxid_client01": ["张三 (ACME)", "张三", "Zhang San", "zhang san"],
+                       "wxid_client02": ["王芳 138-1234-5678", "王芳", "Wang Fang", "13812345678", "+86 138 1234 5678"],
+                       "wxid_colleague01": ["Liu Yang 刘洋", "刘洋", "Liu Yang"],
+                       "wxid_client03": ["Chen Jie", "chenjie_hk"]}.items():
+        assert count(who) == want[who]
+        for n in names:
+            assert count(n) == want[who], (who, n)
+    assert count("张") == 0 and count("ACME") == 0  # names match whole, never a part of one

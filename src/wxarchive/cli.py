@@ -177,8 +177,10 @@ def simulate_wechat(
         fail(f"--format {fmt!r}: expected android, win3 or v4")
     answer = generate_device(directory, fmt, messages=messages, extra=extra, seed=seed)
     out.print(f"simulated {fmt} device written to {directory}: {answer['total']} messages "
-              f"({answer['work']} work, {answer['personal']} personal); key in {directory / 'key.txt'}, "
-              f"policy in {directory / 'policy.toml'}; databases under {answer['device']}", highlight=False)
+              f"({answer['work']} work, {answer['personal']} personal); key in {directory / 'key.txt'}"
+              + (f", image key in {directory / 'image_key.txt'}" if answer.get("image_key") else "")
+              + f", policy in {directory / 'policy.toml'}; give ingest the account folder {answer['device']}",
+              highlight=False)
 
 
 @simulate_app.command("serve")
@@ -406,6 +408,10 @@ def ingest_wechat_cmd(
                                                or "none")
               + (f"; {result.media_found_later} media of earlier messages found in this copy"
                  if result.media_found_later else ""), highlight=False)
+    if result.need_image_key:
+        err.print(f"[yellow]warning:[/] {result.need_image_key} image(s) are 4.x V2 .dat files, archived as found "
+                  "(not viewable): give the account's image key with --image-key-file or WXARCHIVE_WECHAT_IMAGE_KEY "
+                  "and run again to archive them unwrapped", highlight=False, soft_wrap=True)
     if result.status == "stopped":
         raise typer.Exit(130)
     if result.status != "ok":

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -212,12 +213,44 @@ def _apply_wechat_directory(b, e: Entry) -> None:
         d = json.loads(e.data)
     except ValueError:
         return
+    from wxarchive.model import mobile_digits
+
     for p in d.get("people", []):
         name = p.get("remark") or p.get("nickname") or p.get("alias")
         kind = "employee" if p.get("kind") == "owner" else "external"
-        b.person(src, p["id"], "wechat", {"kind": kind, "name": name, "alias": p.get("alias")}, at, e.serial)
+        mobile = next((m for v in (p.get("mobile"), p.get("remark"), p.get("description"))
+                       if (m := mobile_digits(v)) and len(m) >= 7), None)
+        # every name an officer may type finds them: the nickname, and the remark's and nickname's
+        # plain parts ("张三 (ACME)" -> 张三, "Liu Yang 刘洋" -> Liu Yang, 刘洋); the remark last: it is
+        # the display name
+        variants = [v for v in dict.fromkeys(
+            x for n in (p.get("remark"), p.get("nickname")) for x in name_variants(n)) if v and v != name]
+        extra = [("wechat.nickname", p.get("nickname"))] if p.get("nickname") and p.get("nickname") != name else []
+        extra += [(f"wechat.name{i}", v) for i, v in enumerate(variants) if v != p.get("nickname")]
+        for origin, n in extra:
+            b.person(src, p["id"], origin, {"kind": kind, "name": n}, at, e.serial)
+        b.person(src, p["id"], "wechat", {"kind": kind, "name": name, "alias": p.get("alias"), "mobile": mobile,
+                                          "mobile_digits": mobile}, at, e.serial)
     for g in d.get("groups", []):
         b.group_title(src, g["id"], g.get("name"))
+
+
+_BRACKETS = re.compile(r"\s*[(（\[【<《][^)）\]】>》]*[)）\]】>》]\s*")
+_PHONE = re.compile(r"\+?\d[\d\s-]{5,}\d")
+_SCRIPT_RUNS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+(?:\s*[\u3400-\u9fff\uf900-\ufaff]+)*|[A-Za-z][A-Za-z .'-]*[A-Za-z]")
+
+
+def name_variants(name: str | None) -> list[str]:
+    """The plain names inside a WeChat display name: without bracketed notes and phone numbers,
+    and its Chinese and Latin parts apart when it has both."""
+    if not name:
+        return []
+    core = " ".join(_PHONE.sub(" ", _BRACKETS.sub(" ", name)).split())
+    out = [core] if core and core != name else []
+    runs = [r.strip() for r in _SCRIPT_RUNS.findall(core)]
+    if len(runs) > 1:
+        out += [r for r in runs if len(r) >= 2]
+    return out
 
 
 def _apply_hr(b, e: Entry) -> None:

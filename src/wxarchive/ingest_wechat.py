@@ -66,6 +66,7 @@ class WeChatResult:
         "pulled": 0, "archived": 0, "duplicates": 0, "quarantined": 0, "excluded": 0})
     media: dict[str, int] = field(default_factory=dict)
     media_found_later: int = 0  # media of messages archived by earlier runs, found in this copy
+    need_image_key: int = 0  # 4.x V2 images kept as found for want of --image-key-file
     warnings: list[str] = field(default_factory=list)
     work_conversations: int = 0
     personal_conversations: int = 0
@@ -132,7 +133,8 @@ def _directory(reader, plans: list[ConversationPlan], contacts: dict[str, Contac
         if t in groups:
             wanted.update(groups[t].members)
     people = [{"id": c.id, "nickname": c.nickname, "remark": c.remark, "alias": c.alias, "labels": c.labels,
-               "kind": c.kind} for cid, c in sorted(contacts.items()) if cid in wanted and not cid.endswith("@chatroom")]
+               "kind": c.kind, "mobile": c.mobile, "description": c.description}
+              for cid, c in sorted(contacts.items()) if cid in wanted and not cid.endswith("@chatroom")]
     if reader.owner not in contacts:
         people.append({"id": reader.owner, "nickname": reader.owner_name or employee, "kind": "owner"})
     rooms = [{"id": g.id, "name": (contacts[g.id].name if g.id in contacts else g.name), "members": g.members,
@@ -283,6 +285,9 @@ def _chunk(archive: Archive, reader, source: str, chunk: list[RawRow], cursor: d
             continue
         result.counts["archived"] += 1
         media.extend((key, a, row) for a in msg.attachments if a.state is AttachmentState.PENDING)
+        for a in msg.attachments:  # known missing from the start (stickers, a forwarded record's files)
+            if a.state is AttachmentState.MISSING:
+                result.media["missing"] = result.media.get("missing", 0) + 1
     after = [_media(archive, reader, source, key, a, row, result, now) for key, a, row in media]
     for row in chunk:
         if int(row.local_id) >= cursor.get(row.cursor_key, 0):
@@ -307,6 +312,8 @@ def _media(archive: Archive, reader, source: str, key: str, att: Attachment, row
         _voice_outcome(archive, {m.path: m for m in row.media}.get(""), att.path, meta)
     else:
         _file_outcome(archive, reader, att, reader.media_file(row, att), meta)
+        if "image key was not given" in (meta.get("reason") or ""):
+            result.need_image_key += 1
     result.media[meta["state"]] = result.media.get(meta["state"], 0) + 1
     serial = archive.journal.append("media", meta)
     return Entry(serial, now, "media", meta, b"")

@@ -10,6 +10,7 @@ in the catalog's directory tables (names as the archive knows them).
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -183,6 +184,18 @@ def link_quotes(sl: Slice, directory: Directory) -> None:
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+# media types the chat sources use that Python's table does not map to an extension
+_EXTENSIONS = {"audio/silk": ".silk", "audio/amr": ".amr", "audio/wav": ".wav", "image/x-wxgf": ".wxgf"}
+
+
+def media_extension(media_type: str | None) -> str:
+    """``.png`` for ``image/png``: the extension review tools and browsers go by ("" if none)."""
+    if not media_type:
+        return ""
+    mt = media_type.split(";")[0].strip().lower()
+    return _EXTENSIONS.get(mt) or mimetypes.guess_extension(mt) or ""
 
 
 def safe_name(*parts: str, limit: int = 60, unicode: bool = False) -> str:

@@ -11,14 +11,15 @@ conversation id beside its readable name).
 from __future__ import annotations
 
 import html
-import mimetypes
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from wxarchive.export.conversations import Directory, link_quotes, members, safe_name, select_for_export, slices
+from wxarchive.export.conversations import (
+    Directory, link_quotes, media_extension, members, safe_name, select_for_export, slices,
+)
 from wxarchive.export.manifest import prepare_out, write_manifest
 from wxarchive.search.query import Query
 
@@ -67,7 +68,7 @@ def media_name(a: dict[str, Any]) -> str:
     if a["file_name"] and "." in a["file_name"]:
         ext = "." + safe_name(a["file_name"].rsplit(".", 1)[1], limit=10)
     elif a["media_type"]:
-        ext = mimetypes.guess_extension(a["media_type"].split(";")[0].strip()) or ""
+        ext = media_extension(a["media_type"])
     return f"{a['sha256']}{ext}"
 
 
@@ -79,6 +80,9 @@ def _attachment(a: dict[str, Any], copy: Callable[[dict[str, Any]], str]) -> str
     href = esc("media/" + copy(a))
     mt = (a["media_type"] or "").split("/")[0]
     size = f" ({a['size']:,} bytes)" if a["size"] is not None else ""
+    if a["reason"]:  # e.g. only the thumbnail was on the device, a checksum that differs
+        size += f' <span class="note">— {esc(a["reason"])}</span>'
+
     if a["kind"] in ("image", "emotion") or mt == "image":
         return f'<div class="att"><img class="media" src="{href}" alt="{label}"><a href="{href}">{label}</a>{size}</div>'
     if mt in ("audio", "video") and a["kind"] != "voice":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import mimetypes
 import os
 import tempfile
 import zipfile
@@ -38,7 +37,7 @@ from typing import Any
 
 from wxarchive import __version__
 from wxarchive.export.conversations import (
-    SYSTEM, Directory, Slice, link_quotes, members, safe_name, select_for_export, slices,
+    SYSTEM, Directory, Slice, link_quotes, media_extension, members, safe_name, select_for_export, slices,
 )
 from wxarchive.export.manifest import prepare_out, write_manifest
 from wxarchive.search.query import Query
@@ -70,7 +69,7 @@ def _zip_name(a: dict[str, Any]) -> str:
     type when the source gave no file name) so that the viewer shows images inline."""
     stem, ext = (a["file_name"].rsplit(".", 1) + [""])[:2] if a["file_name"] else (a["kind"], "")
     if not ext and a["media_type"]:
-        ext = (mimetypes.guess_extension(a["media_type"].split(";")[0].strip()) or "").lstrip(".")
+        ext = media_extension(a["media_type"]).lstrip(".")
     ext = safe_name(ext, limit=10) if ext else ""
     return f"{a['sha256'][:16]}_{safe_name(stem, limit=40)}" + (f".{ext}" if ext else "")
 
@@ -121,6 +120,8 @@ def build_manifest(sl: Slice, directory: Directory) -> tuple[dict[str, Any], dic
                 name = _zip_name(a)
                 files[name] = a["sha256"]
                 atts.append({"id": name, "display": a["file_name"] or name.split("_", 1)[1], "size": int(a["size"] or 0)})
+                if a["reason"]:  # stored, with a note (only the thumbnail, a checksum that differs)
+                    not_stored[f"attachment {i} note"] = f"{a['file_name'] or a['kind']}: {a['reason']}"
             else:
                 not_stored[f"attachment {i}"] = (f"{a['file_name'] or a['kind']}: {a['state']}"
                                                  + (f" ({a['reason']})" if a["reason"] else ""))
