@@ -235,3 +235,58 @@ def test_media_found_in_a_later_copy_are_archived_then(v4_device, tmp_path):
     with Archive.open(home) as ar:
         reindex(ar)
     assert _attachments(home) == before
+
+
+def test_damaged_media_never_stop_the_run(tmp_path):
+    """An empty .dat, a folder or a pipe where a file should be, an ImgInfo2 table of another
+    shape: each attachment says what is wrong, every message is archived, the run ends ok."""
+    import os
+
+    answer = generate_device(tmp_path / "w", "win3")
+    dats = sorted(p for p in (tmp_path / "w").rglob("*.dat") if "Image" in p.parts)
+    dats[0].write_bytes(b"")
+    mp4 = next((tmp_path / "w").rglob("*.mp4"))
+    mp4.unlink()
+    os.mkfifo(mp4)
+    home = tmp_path / "hw"
+    res = _run(answer, home)
+    assert res.counts["archived"] == answer["work"]
+    reasons = [a["reason"] or "" for v in _attachments(home).values() for a in v]
+    assert any("the file is empty" in r for r in reasons), reasons
+    assert any("not a regular file" in r for r in reasons), reasons
+
+    a2 = generate_device(tmp_path / "a", "android")
+    import sqlcipher3
+
+    db = next((tmp_path / "a").rglob("EnMicroMsg.db"))
+    con = sqlcipher3.connect(str(db))
+    con.execute("PRAGMA cipher_default_compatibility = 1")
+    con.execute(f"PRAGMA key = '{a2['key']}'")
+    con.execute("DROP TABLE ImgInfo2")
+    con.execute("CREATE TABLE ImgInfo2 (id INTEGER PRIMARY KEY, bigImgPath TEXT)")
+    con.commit()
+    con.execute("PRAGMA cipher_default_compatibility = 4")
+    con.close()
+    home = tmp_path / "ha"
+    with Archive.open(home, create=True) as ar, open_reader("android", Path(a2["device"]), uin=a2["uin"]) as r:
+        res = ingest_wechat(ar, r, load_policy(tmp_path / "a" / "policy.toml"))
+    assert res.status == "ok" and res.counts["archived"] == a2["work"]
+
+
+def test_a_row_pointing_at_another_chats_folder_gets_nothing_from_it(tmp_path, monkeypatch):
+    from wxarchive.capture.wechat import windows
+    from wxarchive.simulate import wechat as sim
+
+    answer = generate_device(tmp_path / "dev", "win3")
+    acct = Path(answer["device"])
+    other = acct / "FileStorage" / "MsgAttach" / hashlib.md5(b"wxid_friend01").hexdigest() / "Image" / "2024-03"
+    other.mkdir(parents=True, exist_ok=True)
+    (other / "family.dat").write_bytes(dat_3x(png(9, 9, 1), sim.WIN3_XOR))
+    hostile = f"wxid_owner01\\FileStorage\\MsgAttach\\{hashlib.md5(b'wxid_friend01').hexdigest()}\\Image\\2024-03\\family.dat"
+    real = windows.bytes_extra_paths
+    monkeypatch.setattr(windows, "bytes_extra_paths", lambda blob: {**real(blob), 4: hostile} if real(blob) else {})
+    home = tmp_path / "h"
+    _run(answer, home)
+    got = [a for v in _attachments(home).values() for a in v if a["kind"] == "image"]
+    assert got and all(a["sha256"] != hashlib.sha256(png(9, 9, 1)).hexdigest() for a in got)
+    assert any("another chat's folder" in (a["reason"] or "") for a in got)

@@ -94,6 +94,8 @@ SECRET_FILE_MAX = 64 * 1024  # keys, secrets and passwords are small; more is th
 def read_secret_file(path: str | os.PathLike, what: str) -> str:
     p = Path(path).expanduser()
     try:
+        if p.exists() and not p.is_file():  # a FIFO with no writer would block for ever; a folder is a mistake
+            raise ConfigError(f"{what}: {p} is not a regular file")
         with open(p, "rb") as f:
             raw = f.read(SECRET_FILE_MAX + 1)
         if len(raw) > SECRET_FILE_MAX:

@@ -311,7 +311,13 @@ def _media(archive: Archive, reader, source: str, key: str, att: Attachment, row
     if att.kind in ("voice", "voice_wav"):
         _voice_outcome(archive, {m.path: m for m in row.media}.get(""), att.path, meta)
     else:
-        _file_outcome(archive, reader, att, reader.media_file(row, att), meta)
+        try:
+            _file_outcome(archive, reader, att, reader.media_file(row, att), meta)
+        except WeChatDbError as e:
+            meta.update(state="failed", reason=str(e))
+        except Exception as e:  # whatever a damaged copy holds, the run goes on with the rest
+            log.warning("wechat media of %s: %s", key, e.__class__.__name__)
+            meta.update(state="failed", reason=f"looking for or reading its file failed: {e.__class__.__name__}: {e}")
         if "image key was not given" in (meta.get("reason") or ""):
             result.need_image_key += 1
     result.media[meta["state"]] = result.media.get(meta["state"], 0) + 1
@@ -324,7 +330,7 @@ def _file_outcome(archive: Archive, reader, att: Attachment, found, meta: dict[s
         meta.update(state="missing", reason=found.looked or "not in the copy")
         return
     got = mediafiles.load(found.file, found.dat, att.declared_md5, aes_key=getattr(reader, "image_key", None),
-                          note=found.note)
+                          note=found.note, exact=att.kind in ("file", "video"))
     meta.update(state=got.state, reason=got.reason)
     if got.data is not None:
         meta.update(sha256=archive.blobs.put(got.data), size=len(got.data), media_type=got.media_type)
@@ -344,12 +350,17 @@ def _look_again(archive: Archive, reader, source: str, work: set[str], result: W
         row = reader.row_at(cursor_key, int(local_id))
         if row is None or str(row.server_id) != a["msgid"]:  # not the same message any more (reinstall, restore)
             continue
-        att = Attachment(path="", kind=a["kind"], file_name=a["file_name"], declared_md5=a["declared_md5"])
-        found = reader.media_file(row, att)
-        if found.file is None or (a["state"] == "present" and found.note):
-            continue
+        att = Attachment(path="", kind=a["kind"], file_name=a["file_name"], declared_md5=a["declared_md5"],
+                         declared_size=a["declared_size"])
         meta: dict[str, Any] = {"source": source, "key": a["msgid"], "path": "", "found_later": True}
-        _file_outcome(archive, reader, att, found, meta)
+        try:
+            found = reader.media_file(row, att)
+            if found.file is None or (a["state"] == "present" and found.note):
+                continue
+            _file_outcome(archive, reader, att, found, meta)
+        except Exception as e:  # noqa: BLE001 - a damaged copy: looked at again next time
+            log.warning("wechat media of %s, looked for again: %s", a["msgid"], e.__class__.__name__)
+            continue
         if meta["state"] != "present" or meta.get("sha256") == a["sha256"]:
             continue  # nothing better than what is archived
         result.media_found_later += 1

@@ -25,7 +25,9 @@ from zoneinfo import ZoneInfo
 from pathlib import Path
 from typing import Any
 
-from wxarchive.export.conversations import Directory, Slice, link_quotes, members, safe_name, select_for_export, slices
+from wxarchive.export.conversations import (
+    Directory, Slice, link_quotes, media_extension, members, safe_name, select_for_export, slices,
+)
 from wxarchive.export.manifest import prepare_out, write_manifest
 from wxarchive.search.query import Query
 
@@ -96,8 +98,11 @@ def build_eml(sl: Slice, directory: Directory, archive_id: str, read_blob: Calla
                     f"<td>{html.escape(note.strip())}</td><td style=\"white-space:pre-wrap\">"
                     f"{html.escape(m['text'])}</td></tr>")
         for a in m["attachments"]:
+            why = f": {a['reason']}" if a["reason"] else ""
             if a["state"] != "present":
-                lines.append(f"    attachment not stored: {a['file_name'] or a['kind']} ({a['state']})\n")
+                lines.append(f"    attachment not stored: {a['file_name'] or a['kind']} ({a['state']}{why})\n")
+            elif why:  # stored, with a note: only the thumbnail, kept as found, a checksum that differs
+                lines.append(f"    attachment note: {a['file_name'] or a['kind']}{why}\n")
     head = (f"{title}\n{PRODUCT.get(conv.platform, conv.platform)} {conv.kind} conversation {conv.id}\n"
             f"participants: {', '.join(directory.person(conv.source, i).display for i in ids)}\n"
             f"messages: {len(sl.messages)}\n\n")
@@ -111,7 +116,7 @@ def build_eml(sl: Slice, directory: Directory, archive_id: str, read_blob: Calla
         for a in m["attachments"]:
             if a["state"] == "present" and a["sha256"]:
                 maintype, _, subtype = (a["media_type"] or "application/octet-stream").partition("/")
-                name = a["file_name"] or f"{a['kind']}-{a['sha256'][:12]}"
+                name = a["file_name"] or f"{a['kind']}-{a['sha256'][:12]}{media_extension(a['media_type'])}"
                 msg.add_attachment(read_blob(a["sha256"]), maintype=maintype, subtype=subtype or "octet-stream",
                                    filename=name)
     return msg

@@ -83,7 +83,7 @@ def _attachment(a: dict[str, Any], copy: Callable[[dict[str, Any]], str]) -> str
     if a["reason"]:  # e.g. only the thumbnail was on the device, a checksum that differs
         size += f' <span class="note">— {esc(a["reason"])}</span>'
 
-    if a["kind"] in ("image", "emotion") or mt == "image":
+    if mt == "image":  # an image kept as found (not unwrapped) is a download, not a picture
         return f'<div class="att"><img class="media" src="{href}" alt="{label}"><a href="{href}">{label}</a>{size}</div>'
     if mt in ("audio", "video") and a["kind"] != "voice":
         return (f'<div class="att"><{mt} controls preload="none" src="{href}"></{mt}> '

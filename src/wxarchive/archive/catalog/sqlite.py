@@ -209,7 +209,8 @@ class Catalog:
         a, m, r = s.attachments, s.messages, s.records
         with self.engine.connect() as c:
             q = (
-                select(a.c.path, a.c.kind, a.c.file_name, a.c.declared_md5, a.c.state, a.c.reason, a.c.sha256, m.c.msgid,
+                select(a.c.path, a.c.kind, a.c.file_name, a.c.declared_md5, a.c.declared_size, a.c.state, a.c.reason,
+                       a.c.sha256, m.c.msgid,
                        m.c.conversation_id, r.c.cursor)
                 .join(m, m.c.id == a.c.message_id)
                 .join(r, (r.c.source == m.c.source) & (r.c.key == m.c.msgid))

@@ -222,7 +222,7 @@ class AndroidReader(sqlcipher.OpenDatabases):
             elif stem:
                 thumb.append(stem)
             svr = v.get("msgSvrId")
-            if svr and self._has("ImgInfo2"):
+            if svr and self._has("ImgInfo2") and "msgSvrId" in self._columns("ImgInfo2"):
                 cols = self._columns("ImgInfo2")
                 sel = sqlcipher.select_list(cols, ("bigImgPath", "midImgPath", "thumbImgPath"))
                 for b, m, t in self.conn.execute(f"SELECT {sel} FROM ImgInfo2 WHERE msgSvrId = ?", (svr,)):

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 V4_MAGICS = {b"\x07\x08V1\x08\x07": "V1", b"\x07\x08V2\x08\x07": "V2"}
 V1_KEY = b"cfcd208495d565ef"
-MAX_FILE = 2 * 1024**3  # a file larger than this is not read into memory: said, not archived
+MAX_FILE = 1024**3  # a file larger than this is not read (it is held in memory ~2-3 times): said, not archived
 
 # (magic, media type); the magics used to find a 3.x XOR byte need >= 2 bytes
 _MAGICS = [
@@ -73,6 +73,8 @@ def _xor(data: bytes, key: int) -> bytes:
 
 def xor_key_3x(data: bytes) -> int | None:
     """The one byte a 3.x ``.dat`` is XOR-ed with, if its first bytes then read as a known image."""
+    if len(data) < 2:
+        return None
     for magic, _ in _MAGICS:
         if magic in (b"wxgf",):
             continue
@@ -160,8 +162,10 @@ class Loaded:
 
 
 def load(file: Path, dat: bool, declared_md5: str | None, aes_key: bytes | None = None,
-         xor_key: int | None = None, note: str | None = None) -> Loaded:
-    """Read one device file for archiving; never raises for what the file holds."""
+         xor_key: int | None = None, note: str | None = None, exact: bool = False) -> Loaded:
+    """Read one device file for archiving; never raises for what the file holds. ``exact``:
+    the file must have the declared MD5 to be the message's (files, video); images are kept
+    with the difference said (a client may store another rendition than the one it hashed)."""
     try:
         size = file.stat().st_size
         if size > MAX_FILE:
@@ -169,13 +173,15 @@ def load(file: Path, dat: bool, declared_md5: str | None, aes_key: bytes | None 
         data = file.read_bytes()
     except OSError as e:
         return Loaded(None, None, "failed", f"{file.name}: cannot be read ({e.strerror or e})")
+    if not data:
+        return Loaded(None, None, "failed", f"{file.name}: the file is empty (cut off when the copy was taken?)")
     reasons = [note] if note else []
     mt = None
     if dat:
         try:
             data, mt, how = decode_dat(data, aes_key, xor_key)
         except DatError as e:
-            reasons.append(f"stored as found, not unwrapped: {e}")
+            reasons.append(f"{file.name} stored as found, not unwrapped: {e}")
             mt = "application/octet-stream"
         else:
             if mt == "image/x-wxgf":
@@ -189,8 +195,28 @@ def load(file: Path, dat: bool, declared_md5: str | None, aes_key: bytes | None 
     if declared_md5 and mt != "application/octet-stream":
         got = hashlib.md5(data).hexdigest()
         if got != declared_md5.lower() and not note:
+            if exact:  # a file or video is byte for byte what was sent: another one is not this message's
+                return Loaded(None, None, "missing", f"{file.name} is in the copy, but its MD5 {got} is not the "
+                                                     f"{declared_md5.lower()} the message declares: not archived as "
+                                                     "its attachment (damaged, or another file)")
             reasons.append(f"its MD5 {got} differs from the {declared_md5.lower()} the message declares")
     return Loaded(data, mt, "present", "; ".join(reasons) or None)
+
+
+def why_not(path: Path | None, within: Path) -> str:
+    """Why a path the database names is not read, for the attachment's reason."""
+    if path is None:
+        return "the path the database gives leaves the account folder: not followed"
+    try:
+        if not path.exists() and not path.is_symlink():
+            return f"not in the copy: {path.relative_to(within) if path.is_relative_to(within) else path.name}"
+        if path.is_symlink() and not path.resolve().is_relative_to(within.resolve()):
+            return f"{path.name} is a link out of the account folder: not followed"
+        if not path.is_file():
+            return f"{path.name} is not a regular file (a folder, a device or a pipe): not read"
+    except (OSError, RuntimeError) as e:
+        return f"{path.name}: cannot be looked at ({e})"
+    return f"{path.name}: not read"
 
 
 def first_file(candidates: list[Path], within: Path) -> Path | None:

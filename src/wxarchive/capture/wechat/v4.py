@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -231,6 +232,16 @@ class V4Reader(sqlcipher.OpenDatabases):
             if not name or name != Path(name).name or name.startswith("."):
                 return Media("", "file", None, None, looked="the message names no usable file name")
             found = [f for f in (m / name for m in _months(account / "msg" / "file")) if mediafiles.first_file([f], account)]
+            if not att.declared_md5 and found:
+                # msg/file is shared by every chat: without an MD5, only a file of the declared size, saved in
+                # the message's month or later, can be this message's
+                month = _month_of(v.get("create_time"))
+                found = [f for f in found if att.declared_size is not None and _size(f) == att.declared_size
+                         and (month is None or f.parent.name >= month)]
+                if not found:
+                    return Media("", "file", None, None, looked=f"msg/file/*/{name}: none of the files of that name has "
+                                                                "the size the message declares, from its month on "
+                                                                "(the message declares no MD5)")
             if att.declared_md5 and found:
                 # the same name in several months: the one whose content the message declares
                 same = [f for f in found if _file_md5(f) == att.declared_md5.lower()]
@@ -294,3 +305,18 @@ def _file_md5(f: Path) -> str | None:
     except OSError:
         return None
     return h.hexdigest()
+
+
+def _month_of(t: object) -> str | None:
+    """The month folder a file saved at epoch second ``t`` can be in at the earliest (a day early:
+    the folder is the client's local month)."""
+    if not isinstance(t, int) or t <= 0:
+        return None
+    return time.strftime("%Y-%m", time.gmtime(t - 86400))
+
+
+def _size(f: Path) -> int | None:
+    try:
+        return f.stat().st_size
+    except OSError:
+        return None

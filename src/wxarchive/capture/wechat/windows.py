@@ -214,12 +214,20 @@ class WindowsReader(sqlcipher.OpenDatabases):
             return Media("", kind, None, None, looked="the row's BytesExtra names no file")
         dat = kind in ("image", "emotion")
         tries = [(full, None)] + ([(thumb, "only the thumbnail was on the device")] if kind == "image" else [])
+        chat = mediafiles.md5_hex(str(row.record.get("talker") or ""))
+        why = []
         for rel, note in tries:
-            f = _account_file(account, rel) if rel else None
+            if not rel:
+                continue
+            f = _account_file(account, rel)
+            parts = f.relative_to(account).parts if f is not None else ()
+            if len(parts) > 2 and parts[:2] == ("FileStorage", "MsgAttach") and parts[2].lower() != chat:
+                why.append(f"{rel} is another chat's folder: not read")  # a per-chat folder of some other chat
+                continue
             if f is not None and mediafiles.first_file([f], account):
                 return Media("", kind, None, None, file=f, dat=dat and f.suffix.lower() == ".dat", note=note)
-        return Media("", kind, None, None, looked=f"not in the copy: {full or thumb} (never downloaded on the PC, or "
-                                                  "cleared)")
+            why.append(mediafiles.why_not(f, account))
+        return Media("", kind, None, None, looked="; ".join(why) + " (never downloaded on the PC, or cleared?)")
 
     def _voice(self, row: dict) -> list[Media]:
         if row.get("Type") != 34 or not isinstance(row.get("MsgSvrID"), int) or not row["MsgSvrID"]:
