@@ -198,6 +198,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=12, help="queries per class")
     ap.add_argument("--export", type=int, default=0, help="also bench an RSMF export of this many messages")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "wxarchive-bench-search")
+    ap.add_argument("--reuse", action="store_true", help="query the catalog a previous run built in --workdir")
     ap.add_argument("--export-child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.export_child:
@@ -205,10 +206,17 @@ def main() -> None:
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     path = args.workdir / f"catalog-{args.messages}.db"
-    if path.exists():
-        path.unlink()
-    print(f"building a catalog of {args.messages:,} messages ...", file=sys.stderr)
-    build_s, sample = build(path, args.messages)
+    kept = path.with_suffix(".sample.json")
+    if args.reuse and path.exists() and kept.exists():
+        saved = json.loads(kept.read_text())
+        build_s, sample = saved["build_s"], [tuple(x) for x in saved["sample"]]
+        print(f"reusing {path} (built earlier in {build_s:.0f} s)", file=sys.stderr)
+    else:
+        for f in (path, kept):
+            f.unlink(missing_ok=True)
+        print(f"building a catalog of {args.messages:,} messages ...", file=sys.stderr)
+        build_s, sample = build(path, args.messages)
+        kept.write_text(json.dumps({"build_s": build_s, "sample": sample}, ensure_ascii=False))
     sz = sizes(path)
     text_mb = sz["messages"] / 1e6
     print(f"messages {args.messages:,}: build {build_s:.1f} s ({args.messages / build_s:,.0f} msg/s, every index), "
@@ -218,6 +226,7 @@ def main() -> None:
 
     engine = create_engine(f"sqlite:///{path}")
     db = sqlite3.connect(path)
+    db.execute("PRAGMA mmap_size=1073741824")  # as the catalog's own connections: the scan gets the same help
     rng = random.Random(3)
     print(f"{'class':<22}{'n':>3} {'wxarchive p50/p95 ms':>21} {'scan p50/p95 ms':>17} {'x(p95)':>7} "
           f"{'trigram p50/p95':>16} {'recall wx':>10} {'recall tri':>10} {'hits p50':>9} "
@@ -251,11 +260,13 @@ def main() -> None:
         print(f"{cls:<22}{len(qs):>3} {p(ours, 50):>10.1f}/{p(ours, 95):<10.1f} {p(base, 50):>8.1f}/{p(base, 95):<8.1f} "
               f"{speed:>6.1f}x {p(tri, 50):>7.1f}/{p(tri, 95):<8.1f} {min(rec_ours):>9.1f}% {min(rec_tri):>9.1f}% "
               f"{statistics.median(hits):>9,.0f} {p(counts, 95):>10.1f} {p(pages, 95):>9.1f}")
-        verdict.append((cls, min(rec_ours) == 100.0, p(ours, 95), speed))
+        verdict.append((cls, min(rec_ours) == 100.0, p(ours, 95), speed, p(pages, 95), p(base, 95) / max(p(pages, 95), 1e-6)))
     limit = 10.0 if args.messages <= 1_000_000 else 50.0
-    bad = [c for c, rec, p95, x in verdict if not rec or p95 > limit or (args.messages <= 1_000_000 and x < 10)]
-    print(f"targets (recall 100 %, p95 <= {limit:.0f} ms" + (", >= 10x the scan" if args.messages <= 1_000_000 else "")
-          + f"): {'met by every class' if not bad else 'NOT met by ' + ', '.join(bad)}")
+    ratio = args.messages <= 1_000_000
+    for what, i in (("first page (what 'search' shows)", 4), ("every matching id (what an export or a hold needs)", 2)):
+        bad = [v[0] for v in verdict if not v[1] or v[i] > limit or (ratio and v[i + 1] < 10)]
+        print(f"targets for the {what} (recall 100 %, p95 <= {limit:.0f} ms" + (", >= 10x the scan" if ratio else "")
+              + f"): {'met by every class' if not bad else 'NOT met by ' + ', '.join(bad)}")
     db.close()
     engine.dispose()
     if args.export:

@@ -16,7 +16,7 @@ import pytest
 
 from wxarchive.archive.catalog.sqlite import Catalog
 from wxarchive.search import text as textq
-from wxarchive.search.query import Query, QueryError, count, matching_ids
+from wxarchive.search.query import Query, QueryError, count, matching_ids, search
 from wxarchive.simulate.search_corpus import fill, generate
 
 N = 100_000
@@ -167,3 +167,44 @@ def test_every_filter_alone_and_with_text_equals_brute_force(corpus, text):
         q = Query(text=text, **kwargs)
         want = _brute(msgs, lambda m: pred(m) and (text is None or text in m.text))
         assert _found(engine, q) == want, (kwargs, text)
+
+
+def _brute_page(msgs, pred, offset: int, limit: int) -> list[str]:
+    hits = sorted((m for m in msgs if pred(m)),
+                  key=lambda m: (m.sent_at is None, m.sent_at or 0, m.seq or 0))
+    return [m.msgid for m in hits[offset: offset + limit]]
+
+
+@pytest.mark.parametrize("walk", ["walk", "indexes", "interrupted"])
+def test_pages_of_common_and_rare_terms_equal_brute_force_order(corpus, walk, monkeypatch):
+    """A page (search --limit/--offset) is the brute-force hits in time order, whether the walk
+    in time order answers it (common terms) or the indexes do (rare ones, or a walk that ran
+    out of time) — each route forced in turn, and left to choose."""
+    from wxarchive.search import query as qmod
+
+    engine, msgs = corpus
+    if walk != "indexes":  # every text query tries the walk, with all the time it needs, or none
+        monkeypatch.setattr(qmod, "WALK_FROM", 0)
+        monkeypatch.setattr(qmod, "WALK_MS", 60_000.0 if walk == "walk" else 0.0)
+    walked = []
+    real = qmod._walk_page if walk == "walk" else (lambda c, q: None)
+    monkeypatch.setattr(qmod, "_walk_page", lambda c, q: walked.append(r := real(c, q)) or r)
+    cases = [("的", {}), ("ok", {}), ("invoice", {}), ("合同", {}), ("👍", {}), ("1", {}), ("e", {"kind": "text"}),
+             ("的", {"since": _ms("2024-03-01")}), ("的 OR invoice", {}), ("的 AND NOT 合同", {}), ("a", {"external": True}),
+             ("zzz-not-there", {})]
+    for text, kw in cases:
+        pred = {"的 OR invoice": lambda m: "的" in m.text or "invoice" in m.text,
+                "的 AND NOT 合同": lambda m: "的" in m.text and "合同" not in m.text}.get(
+            text, lambda m, t=text: t in m.text)
+        full = lambda m, p=pred, kw=kw: p(m) and all(  # noqa: E731
+            (k != "kind" or m.kind.value == v) and (k != "since" or (m.sent_at is not None and m.sent_at >= v))
+            and (k != "external" or (m.sender or "").startswith(("wm", "wo")) or any(r.startswith(("wm", "wo"))
+                                                                                    for r in m.recipients))
+            for k, v in kw.items())
+        for offset, limit in ((0, 50), (50, 50), (990, 10), (0, 1)):
+            got = [r["msgid"] for r in search(engine, Query(text=text, offset=offset, limit=limit, **kw))]
+            assert got == _brute_page(msgs, full, offset, limit), (text, kw, offset, limit)
+    if walk == "walk":
+        assert sum(1 for r in walked if r is not None) >= 20  # the walk itself answered most pages
+    if walk == "interrupted":  # cut off at once: the indexes answered, on the same connection
+        assert sum(1 for r in walked if r is None) >= 20

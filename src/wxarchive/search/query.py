@@ -10,6 +10,7 @@ conversation indexes), the text index is consulted as ``id IN (SELECT rowid ...)
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time as dtime, timedelta
@@ -17,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, bindparam, exists, func, literal_column, not_, or_, select, text
+from sqlalchemy.exc import OperationalError
 
 from wxarchive.archive.catalog import schema as s
 from wxarchive.archive.catalog.fts import NUL_STAND_IN, trigram_text
@@ -275,21 +277,92 @@ def matching_ids(engine, q: Query) -> list[tuple[str, str]]:
         return [tuple(r) for r in c.execute(select(m.c.source, m.c.msgid).where(and_(True, *_plan(c, q))))]
 
 
+WALK_FROM = 3000  # estimated hits from which a page is found faster by walking time order
+WALK_MS = 12.0  # how long a walk may take before the indexes answer after all
+
+
 def search(engine, q: Query, tz: str = "UTC") -> Iterator[dict[str, Any]]:
     """Matching messages in time order (ties in source order), as plain dicts."""
     m = s.messages
     with engine.connect() as c:
-        stmt = (
-            select(m).where(and_(True, *_plan(c, q)))
-            .order_by(m.c.sent_at.is_(None), m.c.sent_at, m.c.seq, m.c.id)
-            .offset(q.offset)
-        )
-        if q.limit is not None:
-            stmt = stmt.limit(q.limit)
-        rows = c.execute(stmt).mappings().all()
+        rows = _walk_page(c, q)
+        if rows is None:
+            stmt = (
+                select(m).where(and_(True, *_plan(c, q)))
+                .order_by(m.c.sent_at.is_(None), m.c.sent_at, m.c.seq, m.c.id)
+                .offset(q.offset)
+            )
+            if q.limit is not None:
+                stmt = stmt.limit(q.limit)
+            rows = c.execute(stmt).mappings().all()
         atts = _attachments(c, [r["id"] for r in rows])
     for r in rows:
         yield row_to_result(r, atts.get(r["id"], []), tz)
+
+
+def _walk_page(conn, q: Query):
+    """A page of a text search whose terms are common, found by walking the messages in time
+    order and testing each with instr() until the page is full: for a term in one message of
+    a hundred, 50 hits take ~5,000 rows, where the index would first fetch and sort all of
+    them. A walk that has not filled the page within WALK_MS is abandoned and the indexes
+    answer (None). Either way the rows are the same: every row is tested for every term and
+    filter, in the same order (tests/test_search_recall.py compares the two routes)."""
+    if not q.text or q.limit is None or q.offset + q.limit > 1000:
+        return None
+    try:
+        tree = textq.parse(q.text, literal=q.literal)
+    except textq.TextQueryError as e:
+        raise QueryError(f"text {q.text!r}: {e}") from None
+    est = _estimate(conn, tree, q.fold)
+    if est is not None and est < WALK_FROM:
+        return None
+    m = s.messages
+    filters = _filter_terms(q)
+    if filters and conn.execute(select(literal_column("1")).select_from(m).where(*filters).limit(1)
+                                .offset(NARROW - 1)).first() is None:
+        return None  # the filters leave few rows: the scan of those is faster still
+    want = q.offset + q.limit
+    stmt = (select(m).with_hint(m, "INDEXED BY ix_messages_time", "sqlite")
+            .where(m.c.sent_at.is_not(None), *filters, _text(tree, q.fold, scan=True))
+            .order_by(m.c.sent_at, m.c.seq, m.c.id).limit(want))
+    raw = conn.connection.driver_connection
+    deadline = time.perf_counter() + WALK_MS / 1000
+    raw.set_progress_handler(lambda: time.perf_counter() > deadline, 2000)
+    try:
+        rows = conn.execute(stmt).mappings().all()
+    except OperationalError as e:
+        if "interrupted" not in str(e):
+            raise
+        return None
+    finally:
+        raw.set_progress_handler(None, 0)
+    if len(rows) < want:
+        return None  # fewer hits with a time than the page needs: the rest are among those without
+    return rows[q.offset:]
+
+
+def _estimate(conn, tree, fold: bool) -> int | None:
+    """How many messages the text matches, counted through the indexes up to WALK_FROM (an
+    upper bound for AND; a phrase of the index that cannot miss it); None when they cannot tell
+    (folded text, 1-2 ASCII characters, NOT)."""
+    if isinstance(tree, textq.Term):
+        r = textq.route(tree.text)
+        if fold or r == "scan":
+            return None
+        if r == "trigram":
+            table, phrase = "messages_fts", '"' + trigram_text(tree.text).replace('"', '""') + '"'
+        else:
+            table, phrase = "messages_uni", textq.unigram_phrase(tree.text)
+        return conn.exec_driver_sql(
+            f"SELECT count(*) FROM (SELECT rowid FROM {table} WHERE {table} MATCH ? LIMIT {WALK_FROM})",
+            (phrase,)).scalar()
+    if isinstance(tree, textq.Not):
+        return None
+    parts = [_estimate(conn, p, fold) for p in tree.parts]
+    if isinstance(tree, textq.And):
+        known = [x for x in parts if x is not None]
+        return min(known) if known else None
+    return None if any(x is None for x in parts) else sum(parts)
 
 
 def _attachments(conn, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
