@@ -7,8 +7,11 @@ Prints, measured now on this machine over the same records:
   SHA-256 chain over AES-256-GCM ciphertext (fresh 96-bit nonce per record) — with no
   framing, metadata, file I/O or checks;
 - ``append``: ``Journal.append`` of every record (kind, JSON metadata, data), one ``sync``
-  (flush + fsync) per 1,000 records as the ingest does per batch; timed per 20,000 records,
-  each chunk right after the baseline over the same chunk (this machine's speed drifts);
+  (write + fsync, returning only once durable) per 1,000 records as the ingest does per
+  batch; timed per 20,000 records, each chunk right after the baseline over the same chunk
+  (this machine's speed drifts); each round also says how much of it was spent inside
+  ``sync``: that part is the disk's fsync latency, which other processes' I/O can multiply
+  (0.5 us/record on a quiet disk here, 3-5 us/record beside a busy test run);
 - ``verify``: ``wxarchive.archive.verify.verify_archive`` over that journal (every frame's
   serial, chain hash and GCM tag, every segment header and key), catalog and blobs absent,
   as ``wxarchive verify --no-catalog --no-blobs`` runs it (a journal over 128 MiB is checked
