@@ -277,8 +277,12 @@ def matching_ids(engine, q: Query) -> list[tuple[str, str]]:
         return [tuple(r) for r in c.execute(select(m.c.source, m.c.msgid).where(and_(True, *_plan(c, q))))]
 
 
-WALK_FROM = 3000  # estimated hits from which a page is found faster by walking time order
-WALK_MS = 12.0  # how long a walk may take before the indexes answer after all
+WALK_FROM = 1000  # the fewest hits for which a page may be found by walking time order
+WALK_MS = 10.0  # how long a walk may take before the indexes answer after all
+# measured (docs/search.md): the index route pays ~1.25 us per hit, the walk ~1 us per row,
+# and needs want/f rows for a term in a fraction f of N messages: the walk wins from about
+# sqrt(0.8 * want * N) hits on (6,300 for a page of 50 at 1,000,000 messages)
+INDEX_TO_WALK = 0.8
 
 
 def search(engine, q: Query, tz: str = "UTC") -> Iterator[dict[str, Any]]:
@@ -313,15 +317,17 @@ def _walk_page(conn, q: Query):
         tree = textq.parse(q.text, literal=q.literal)
     except textq.TextQueryError as e:
         raise QueryError(f"text {q.text!r}: {e}") from None
-    est = _estimate(conn, tree, q.fold)
-    if est is not None and est < WALK_FROM:
+    want = q.offset + q.limit
+    total = conn.execute(select(func.max(s.messages.c.id))).scalar() or 0
+    threshold = max(WALK_FROM, int((INDEX_TO_WALK * want * total) ** 0.5))
+    est = _estimate(conn, tree, q.fold, threshold)
+    if est is not None and est < threshold:
         return None
     m = s.messages
     filters = _filter_terms(q)
     if filters and conn.execute(select(literal_column("1")).select_from(m).where(*filters).limit(1)
                                 .offset(NARROW - 1)).first() is None:
         return None  # the filters leave few rows: the scan of those is faster still
-    want = q.offset + q.limit
     stmt = (select(m).with_hint(m, "INDEXED BY ix_messages_time", "sqlite")
             .where(m.c.sent_at.is_not(None), *filters, _text(tree, q.fold, scan=True))
             .order_by(m.c.sent_at, m.c.seq, m.c.id).limit(want))
@@ -341,8 +347,8 @@ def _walk_page(conn, q: Query):
     return rows[q.offset:]
 
 
-def _estimate(conn, tree, fold: bool) -> int | None:
-    """How many messages the text matches, counted through the indexes up to WALK_FROM (an
+def _estimate(conn, tree, fold: bool, cap: int) -> int | None:
+    """How many messages the text matches, counted through the indexes up to ``cap`` (an
     upper bound for AND; a phrase of the index that cannot miss it); None when they cannot tell
     (folded text, 1-2 ASCII characters, NOT)."""
     if isinstance(tree, textq.Term):
@@ -354,11 +360,11 @@ def _estimate(conn, tree, fold: bool) -> int | None:
         else:
             table, phrase = "messages_uni", textq.unigram_phrase(tree.text)
         return conn.exec_driver_sql(
-            f"SELECT count(*) FROM (SELECT rowid FROM {table} WHERE {table} MATCH ? LIMIT {WALK_FROM})",
+            f"SELECT count(*) FROM (SELECT rowid FROM {table} WHERE {table} MATCH ? LIMIT {int(cap)})",
             (phrase,)).scalar()
     if isinstance(tree, textq.Not):
         return None
-    parts = [_estimate(conn, p, fold) for p in tree.parts]
+    parts = [_estimate(conn, p, fold, cap) for p in tree.parts]
     if isinstance(tree, textq.And):
         known = [x for x in parts if x is not None]
         return min(known) if known else None
