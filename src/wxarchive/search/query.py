@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date, datetime, time as dtime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -231,9 +231,9 @@ def _index_count(conn, q: Query) -> int | None:
     every message has: the index's own count of the phrase, without reading a message row (a
     term in 20,000 messages: ~6 ms instead of ~40). Every message is in both indexes and leaves
     them when purged, so the two counts are the same (tests/test_search_recall.py)."""
-    if not q.text or q.fold or any(v not in (None, False, 0) for k, v in vars(q).items()
-                                   if k not in ("text", "literal", "fold", "source", "limit", "offset")):
-        return None
+    if not q.text or q.fold or any(getattr(q, f.name) != f.default for f in fields(Query)
+                                   if f.name not in ("text", "literal", "fold", "source", "limit", "offset")):
+        return None  # any filter at its non-default value (recalled=False and external=False filter too)
     try:
         tree = textq.parse(q.text, literal=q.literal)
     except textq.TextQueryError as e:
