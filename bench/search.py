@@ -263,9 +263,9 @@ def main() -> None:
         verdict.append((cls, min(rec_ours) == 100.0, p(ours, 95), speed, p(pages, 95), p(base, 95) / max(p(pages, 95), 1e-6)))
     limit = 10.0 if args.messages <= 1_000_000 else 50.0
     ratio = args.messages <= 1_000_000
-    for what, i in (("first page (what 'search' shows)", 4), ("every matching id (what an export or a hold needs)", 2)):
+    for what, i in (("the first page (what 'search' shows)", 4), ("every matching id (what an export or a hold needs)", 2)):
         bad = [v[0] for v in verdict if not v[1] or v[i] > limit or (ratio and v[i + 1] < 10)]
-        print(f"targets for the {what} (recall 100 %, p95 <= {limit:.0f} ms" + (", >= 10x the scan" if ratio else "")
+        print(f"targets for {what} (recall 100 %, p95 <= {limit:.0f} ms" + (", >= 10x the scan" if ratio else "")
               + f"): {'met by every class' if not bad else 'NOT met by ' + ', '.join(bad)}")
     db.close()
     engine.dispose()
