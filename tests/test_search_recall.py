@@ -187,6 +187,7 @@ def test_pages_of_common_and_rare_terms_equal_brute_force_order(corpus, walk, mo
         monkeypatch.setattr(qmod, "WALK_FROM", 0)
         monkeypatch.setattr(qmod, "INDEX_TO_WALK", 0.0)
         monkeypatch.setattr(qmod, "WALK_MS", 60_000.0 if walk == "walk" else 0.0)
+        monkeypatch.setattr(qmod, "WALK_MS_MAX", 60_000.0 if walk == "walk" else 0.0)
     walked = []
     real = qmod._walk_page if walk == "walk" else (lambda c, q: None)
     monkeypatch.setattr(qmod, "_walk_page", lambda c, q: walked.append(r := real(c, q)) or r)

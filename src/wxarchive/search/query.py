@@ -311,7 +311,8 @@ def matching_ids(engine, q: Query) -> list[tuple[str, str]]:
 
 
 WALK_FROM = 1000  # the fewest hits for which a page may be found by walking time order
-WALK_MS = 10.0  # how long a walk may take before the indexes answer after all
+WALK_MS = 10.0  # how long a walk may take per million messages (at most WALK_MS_MAX) before the indexes answer
+WALK_MS_MAX = 40.0
 # measured (docs/search.md): the index route pays ~1.25 us per hit, the walk ~1 us per row,
 # and needs want/f rows for a term in a fraction f of N messages: the walk wins from about
 # sqrt(0.8 * want * N) hits on (6,300 for a page of 50 at 1,000,000 messages)
@@ -341,7 +342,7 @@ def _walk_page(conn, q: Query):
     """A page of a text search whose terms are common, found by walking the messages in time
     order and testing each with instr() until the page is full: for a term in one message of
     a hundred, 50 hits take ~5,000 rows, where the index would first fetch and sort all of
-    them. A walk that has not filled the page within WALK_MS is abandoned and the indexes
+    them. A walk that has not filled the page within WALK_MS per million messages is abandoned and the indexes
     answer (None). Either way the rows are the same: every row is tested for every term and
     filter, in the same order (tests/test_search_recall.py compares the two routes)."""
     if not q.text or q.limit is None or q.offset + q.limit > 1000:
@@ -365,7 +366,7 @@ def _walk_page(conn, q: Query):
             .where(m.c.sent_at.is_not(None), *filters, _text(tree, q.fold, scan=True))
             .order_by(m.c.sent_at, m.c.seq, m.c.id).limit(want))
     raw = conn.connection.driver_connection
-    deadline = time.perf_counter() + WALK_MS / 1000
+    deadline = time.perf_counter() + min(WALK_MS_MAX, max(WALK_MS, WALK_MS * total / 1e6)) / 1000
     raw.set_progress_handler(lambda: time.perf_counter() > deadline, 2000)
     try:
         rows = conn.execute(stmt).mappings().all()

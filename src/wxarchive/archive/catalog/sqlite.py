@@ -23,7 +23,7 @@ from wxarchive.archive.catalog import fts, schema as s
 from wxarchive.model import AttachmentState, Message, participant_kind
 
 
-MMAP_BYTES = 1 << 30
+MMAP_BYTES = 1 << 31  # SQLite's default build caps it at just under 2 GiB
 
 
 def _on_connect(dbapi_conn, _record) -> None:
