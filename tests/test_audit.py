@@ -141,3 +141,57 @@ def test_mistyped_filters_are_errors_not_empty_results(home):
     some = _cli(home, "search", "合同", "--limit", "1")
     total = _cli(home, "search", "合同", "--count").stdout.strip()
     assert f"1 of {total} message(s)" in some.stderr
+
+
+def _read_then_checkpoint(home: Path) -> dict:
+    """Some reads, then a writer's checkpoint: it anchors the access log's signed head."""
+    for text in ("a", "b"):
+        assert _cli(home, "search", text, "--count").returncode == 0
+    assert _cli(home, "checkpoint").returncode == 0
+    newest = sorted((home / "journal" / "checkpoints").glob("cp-*.json"))[-1]
+    return json.loads(newest.read_text())
+
+
+def test_checkpoints_anchor_the_access_log(home):
+    cp = _read_then_checkpoint(home)
+    # the two searches and the checkpoint command's own admin event (signed on its close)
+    assert cp["audit_serial"] == 3 and len(cp["audit_hash"]) == 64
+    clean = _cli(home, "verify", "--json")
+    assert clean.returncode == 0, clean.stdout
+    # the anchor is part of what is signed: changing it breaks the checkpoint's signature
+    newest = sorted((home / "journal" / "checkpoints").glob("cp-*.json"))[-1]
+    newest.write_text(json.dumps({**cp, "audit_serial": 1}))
+    forged = _cli(home, "verify")
+    assert forged.returncode == 1
+    assert f"journal/checkpoints/{newest.name} entry {cp['serial']}: signature does not verify" in forged.stdout
+
+
+def test_a_deleted_access_log_is_caught_by_the_checkpoint_that_anchored_it(home):
+    cp = _read_then_checkpoint(home)
+    shutil.rmtree(home / "audit")
+    bad = _cli(home, "verify")
+    assert bad.returncode == 1
+    assert f"audit: audit/ entry {cp['audit_serial']}: missing, but journal/checkpoints/" in bad.stdout
+    assert "(the access log was deleted)" in bad.stdout
+
+
+def test_an_access_log_cut_back_and_re_signed_is_caught_by_the_anchor(home):
+    """Cutting entries and signing a new head needs the signing key; even then the journal's
+    checkpoint still vouches for the entry that was removed."""
+    cp = _read_then_checkpoint(home)
+    seg = sorted((home / "audit").glob("seg-*.wxj"))[-1]
+    frames = [fr for fr in iter_frames(seg) if not isinstance(fr, tuple)]
+    keep = next(fr for fr in frames if fr.serial == cp["audit_serial"])
+    with open(seg, "r+b") as f:
+        f.truncate(keep.offset)  # the anchored entry and everything after it gone
+    with Archive.open(home) as ar:  # re-sign the log's head as an insider with the keys could
+        from wxarchive.archive.journal import Journal
+
+        j = Journal.open(home / "audit", ar.master, readonly=True)
+        head = ar.signer.sign(ar.archive_id, keep.serial - 1, frames[keep.serial - 2].hash, seg.name)
+        (home / "audit" / "head.json").write_text(head.to_json())
+        j.close()
+    bad = _cli(home, "verify")
+    assert bad.returncode == 1
+    assert (f"vouches for access-log entry {cp['audit_serial']} but the log ends at {cp['audit_serial'] - 1} "
+            "(entries removed)") in bad.stdout

@@ -146,7 +146,8 @@ class Archive:
         if j.head_serial == 0 or (j.head_serial <= self.last_checkpoint and not force):
             return None
         j.sync()
-        cp = self.signer.sign(self.archive_id, j.head_serial, j.head_hash, j.head_segment())
+        cp = self.signer.sign(self.archive_id, j.head_serial, j.head_hash, j.head_segment(),
+                              audit=self.access_log().signed_head(self.signer))
         write_checkpoint(j.dir, cp)
         self.last_checkpoint = j.head_serial
         return cp

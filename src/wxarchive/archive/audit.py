@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wxarchive.archive.checkpoints import CheckpointError, Signer, read_checkpoint, signature_ok
+from wxarchive.archive.checkpoints import Checkpoint, CheckpointError, Signer, read_checkpoint, signature_ok
 from wxarchive.archive.files import write_atomic
 from wxarchive.archive.journal import Journal, JournalError
 from wxarchive.archive.keys import MasterKeyProvider
@@ -139,6 +139,15 @@ class AccessLog:
         if not ok:
             raise AuditError(f"{self.dir}: the access log does not match its signed head (entries cut or altered); "
                              "run 'wxarchive verify'; refusing to show results")
+
+    def signed_head(self, signer: Signer) -> Checkpoint | None:
+        """The log's signed head as it is now, if its signature holds (what a journal
+        checkpoint anchors); None when there is none or it does not verify (verify says why)."""
+        try:
+            cp = read_checkpoint(self.dir / "head.json")
+        except CheckpointError:
+            return None
+        return cp if cp.archive_id == self.archive_id and signature_ok(cp, signer.public) else None
 
     def _sign_head(self, journal: Journal, signer: Signer | None) -> None:
         if signer is None:  # an archive never opened for writing has no signing key yet

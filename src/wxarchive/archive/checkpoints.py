@@ -16,6 +16,11 @@ Files::
 A checkpoint is written when an archive that was appended to is closed, and every
 ``CHECKPOINT_EVERY`` entries during long captures. Writing is atomic (temp file,
 fsync, rename).
+
+A journal checkpoint also anchors the access audit log: it carries the log's signed head at
+the time (``audit_serial``, ``audit_hash``), so the log cannot be deleted or cut back behind a
+checkpoint unnoticed (the log's own signed head goes with a deleted folder). Checkpoints
+written before this field existed have none and verify as before.
 """
 
 from __future__ import annotations
@@ -51,15 +56,22 @@ class Checkpoint:
     key_fingerprint: str  # SHA-256 of the raw public key, hex
     signature: str = ""  # hex Ed25519 signature over ``payload()``
     public_key: str = ""  # PEM, carried in exported copies only
+    audit_serial: int | None = None  # the access log's signed head when this was signed (None: no anchor)
+    audit_hash: str | None = None  # hex chain hash of that access-log entry
 
     def payload(self) -> bytes:
-        return json.dumps({k: getattr(self, k) for k in _FIELDS}, sort_keys=True,
-                          separators=(",", ":")).encode()
+        d = {k: getattr(self, k) for k in _FIELDS}
+        if self.audit_serial is not None:  # signed too; absent from checkpoints without an anchor
+            d.update(audit_serial=self.audit_serial, audit_hash=self.audit_hash)
+        return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
     def to_json(self, with_public_key: bool = False) -> str:
         d = asdict(self)
         if not with_public_key:
             d.pop("public_key")
+        if self.audit_serial is None:
+            d.pop("audit_serial")
+            d.pop("audit_hash")
         return json.dumps(d, indent=2) + "\n"
 
 
@@ -120,8 +132,11 @@ class Signer:
         write_atomic(wrapped_path, master.wrap(raw))
         return signer
 
-    def sign(self, archive_id: str, serial: int, head_hash: bytes, segment: str) -> Checkpoint:
-        cp = Checkpoint(archive_id, serial, head_hash.hex(), segment, int(time.time() * 1000), self.fingerprint)
+    def sign(self, archive_id: str, serial: int, head_hash: bytes, segment: str,
+             audit: Checkpoint | None = None) -> Checkpoint:
+        """A checkpoint of that head; ``audit``: the access log's signed head, to anchor in it."""
+        cp = Checkpoint(archive_id, serial, head_hash.hex(), segment, int(time.time() * 1000), self.fingerprint,
+                        audit_serial=audit.serial if audit else None, audit_hash=audit.head_hash if audit else None)
         return Checkpoint(**{**asdict(cp), "signature": self.private.sign(cp.payload()).hex()})
 
 
@@ -151,7 +166,11 @@ def read_checkpoint(path: Path) -> Checkpoint:
             archive_id=str(d["archive_id"]), serial=int(d["serial"]), head_hash=str(d["head_hash"]),
             segment=str(d["segment"]), time=int(d["time"]), key_fingerprint=str(d["key_fingerprint"]),
             signature=str(d["signature"]), public_key=str(d.get("public_key") or ""),
+            audit_serial=None if d.get("audit_serial") is None else int(d["audit_serial"]),
+            audit_hash=None if d.get("audit_hash") is None else str(d["audit_hash"]),
         )
+        if (cp.audit_serial is None) != (cp.audit_hash is None):
+            raise ValueError
     except KeyError as e:
         raise CheckpointError(f"{path}: not a checkpoint (field {e} missing)") from None
     except (TypeError, ValueError):

@@ -631,7 +631,11 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
             _check_checkpoint(name, cp, public, archive_id, walk, report)
         if external is not None:
             _check_external(str(against), external, public, archive_id, walk, report)
-        _check_audit(home / "audit", master, public, archive_id, report, progress)
+        # the access log's heads the (genuine) checkpoints anchored: it must still hold them
+        anchors = [(name, cp) for name, cp in cps + ([(str(against), external)] if external else [])
+                   if cp.audit_serial is not None and public is not None and signature_ok(cp, public)
+                   and cp.archive_id == archive_id]
+        _check_audit(home / "audit", master, public, archive_id, report, progress, anchors)
         good = _check_blobs(home, master, report, progress) if blobs else None
         if good is not None:
             for sha, serial in journal_blobs.items():
@@ -650,9 +654,14 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
 
 
 def _check_audit(audit_dir: Path, master: MasterKeyProvider, public, archive_id: str, report: Report,
-                 progress: ProgressFn) -> None:
-    """The access audit log: the same journal checks, and its signed head."""
+                 progress: ProgressFn, anchors: list[tuple[str, Checkpoint]] = ()) -> None:
+    """The access audit log: the same journal checks, its signed head, and the heads journal
+    checkpoints anchored (``anchors``: checkpoints whose signature was checked)."""
     if not audit_dir.is_dir():
+        if anchors:
+            name, cp = max(anchors, key=lambda a: a[1].audit_serial)
+            report.add(Problem("audit", "audit/", f"missing, but {name} vouches for its entry {cp.audit_serial} "
+                                                  "(the access log was deleted)", cp.audit_serial))
         return
     head: Checkpoint | None = None
     head_path = audit_dir / "head.json"
@@ -662,14 +671,21 @@ def _check_audit(audit_dir: Path, master: MasterKeyProvider, public, archive_id:
         except CheckpointError as e:
             report.add(Problem("audit", "audit/head.json", str(e).split(": ", 1)[-1]))
     scratch = Report()
-    walk = _JournalWalk(audit_dir, master, scratch, {head.serial} if head else set(), progress, label="audit",
-                        need="none", workers=1)
+    wanted = ({head.serial} if head else set()) | {cp.audit_serial for _, cp in anchors}
+    walk = _JournalWalk(audit_dir, master, scratch, wanted, progress, label="audit", need="none", workers=1)
     for _ in walk.walk():
         pass
     report.audit_entries = scratch.entries
     report.notes.extend(scratch.notes)
     for p in scratch.problems:
         report.add(Problem("audit", p.file, p.detail, p.serial, p.offset))
+    for name, cp in anchors:
+        if cp.audit_serial > scratch.head_serial:
+            report.add(Problem("audit", name, f"vouches for access-log entry {cp.audit_serial} but the log ends at "
+                                              f"{scratch.head_serial} (entries removed)", cp.audit_serial))
+        elif walk.hashes.get(cp.audit_serial, (b"",))[0].hex() != cp.audit_hash:
+            report.add(Problem("audit", name, f"the access log no longer holds the entry {cp.audit_serial} "
+                                              "this checkpoint vouches for (history rewritten)", cp.audit_serial))
     if head is None:
         if scratch.entries and (audit_dir.parent / "keys" / "signing.pub").exists():
             report.add(Problem("audit", "audit/head.json", "the signed head of the access log is missing"))
