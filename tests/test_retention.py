@@ -173,6 +173,22 @@ def test_a_destroyed_key_without_tombstone_is_tampering(home):
     assert bad.returncode == 1 and "destroyed but no purge tombstone says so" in bad.stdout
 
 
+def test_a_tombstone_not_signed_by_the_archive_key_is_reported(home):
+    """Verify re-checks every tombstone's own signature (the chain alone would not catch one
+    journaled by someone holding the master key but forging the purge's authority)."""
+    seg = sorted((home / "journal").glob("seg-*.wxj"))[0].name
+    body = {"segment": seg, "first_serial": 1, "last_serial": 1, "retention_years": 1.0, "newest_entry_at": 0,
+            "removed": [], "retained": [], "blobs": []}
+    with Archive.open(home) as ar:
+        serial = ar.record_admin_event("admin.purge", {**body, "signature": retention.sign_tombstone(ar.signer, body)})
+        forged = ar.record_admin_event("admin.purge", {**body, "signature": "00" * 64})
+    archive_id, master = identify(home)
+    report = verify_archive(home, master, archive_id, blobs=False)
+    assert [(p.serial, p.detail) for p in report.problems] == [
+        (forged, "purge tombstone's signature does not verify under the archive's signing key")]
+    assert serial == forged - 1  # the genuine one passed
+
+
 def _crashing_purge(home: Path, point: str) -> None:
     """In a child: purge, dying (as kill -9 would) at ``point``."""
     from wxarchive.ingest import apply

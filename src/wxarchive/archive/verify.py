@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from wxarchive.archive.blobs import BlobError, BlobStore
@@ -145,7 +145,7 @@ class _Seen:
     source: str | None
     key: str | None
     blob: str | None = None  # sha256 of the media a ``media`` entry says was stored
-    tomb: dict | None = None  # an ``admin.purge`` tombstone's segment and blobs
+    tomb: dict | None = None  # an ``admin.purge`` tombstone's metadata (segment, blobs, signature...)
 
 
 _PARALLEL_MIN_BYTES = 128 << 20  # journals smaller than this are checked in-process (start-up would dominate)
@@ -236,8 +236,7 @@ def _check_segment(t: _SegmentTask) -> _SegmentResult:
                 keep(_Seen(serial, kind, meta.get("source"), meta.get("key"), blob if isinstance(blob, str) else None))
         elif kind == "admin.purge":
             if need_any:
-                keep(_Seen(serial, kind, meta.get("source"), meta.get("key"), None,
-                           {"segment": meta.get("segment"), "blobs": meta.get("blobs") or []}))
+                keep(_Seen(serial, kind, meta.get("source"), meta.get("key"), None, meta))
         elif need_all:
             keep(_Seen(serial, kind, meta.get("source"), meta.get("key")))
     return _SegmentResult(problems, notes, seen, hashes, entries, prev, expected)
@@ -394,6 +393,20 @@ class _JournalWalk:
 
 
 # ---- checkpoints ------------------------------------------------------------------------
+
+
+def _tombstone_signed(meta: dict, public) -> bool:
+    """An ``admin.purge`` entry's signature over its body (everything but who and the
+    signature itself, as retention.sign_tombstone signed it)."""
+    if public is None:  # no public key: reported on its own (a missing keys/signing.pub)
+        return True
+    body = {k: v for k, v in meta.items() if k not in ("who", "signature")}
+    try:
+        public.verify(bytes.fromhex(str(meta.get("signature", ""))),
+                      json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    except (InvalidSignature, ValueError, AttributeError, TypeError):
+        return False
+    return True
 
 
 def _load_checkpoints(home: Path, report: Report) -> list[tuple[str, Checkpoint]]:
@@ -596,8 +609,12 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
                 if seen.blob is not None:
                     journal_blobs.setdefault(seen.blob, seen.serial)
                 if seen.tomb is not None:
-                    tombstoned.add(str(seen.tomb["segment"]))
-                    purged_blobs.update(seen.tomb["blobs"])
+                    if _tombstone_signed(seen.tomb, public):
+                        tombstoned.add(str(seen.tomb.get("segment")))
+                        purged_blobs.update(b for b in seen.tomb.get("blobs") or [] if isinstance(b, str))
+                    else:
+                        report.add(Problem("journal", "journal", "purge tombstone's signature does not verify under "
+                                                                 "the archive's signing key", seen.serial))
                 if check is not None:
                     check.feed(seen)
         except _DB_ERRORS as e:
