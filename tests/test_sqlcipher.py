@@ -81,6 +81,8 @@ def test_search_status_verify_and_rotation_work_on_it(encrypted, tmp_path):
     status = json.loads(_cli(home, key, "status", "--json").stdout)
     assert status["messages"] > 300 and status["reconciliation"]["reconciled"]
     assert _cli(home, key, "verify").returncode == 0
+    deep = _cli(home, key, "verify", "--deep", "--json")  # the scratch rebuild is SQLCipher too
+    assert deep.returncode == 0 and json.loads(deep.stdout)["deep_checked"] > 0, deep.stdout + deep.stderr
     assert _cli(home, key, "keys", "rotate").returncode == 0  # the catalog key is re-wrapped too
     assert _cli(home, key, "search", "合同", "--json").stdout == found.stdout
     assert _cli(home, key, "reindex").returncode == 0

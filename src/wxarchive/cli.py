@@ -933,12 +933,16 @@ def verify_cmd(
     against: Optional[Path] = typer.Option(None, "--against-checkpoint", help="An exported checkpoint (an auditor's copy) the archive must still extend."),
     no_blobs: bool = typer.Option(False, "--no-blobs", help="Skip re-reading media blobs."),
     no_catalog: bool = typer.Option(False, "--no-catalog", help="Skip checking the catalog against the journal."),
+    deep: bool = typer.Option(False, "--deep", help="Also rebuild the catalog from the journal in a scratch file and "
+                              "compare every row and both full-text indexes with it (minutes per million messages)."),
 ) -> None:
     """Re-read everything and check hashes, chain, signatures, blobs and catalog.
 
     Exit 0 intact, 1 tampered or damaged (the first problem named with its entry and
     offset), 2 could not run.
     """
+    if deep and no_catalog:
+        fail("--deep compares the catalog: it cannot go with --no-catalog")
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from wxarchive.archive.verify import CannotVerify, identify, verify_archive
@@ -952,13 +956,20 @@ def verify_cmd(
             report = verify_archive(state.home, master, archive_id, against=against, blobs=not no_blobs,
                                     catalog=not no_catalog,
                                     progress=lambda stage, n: bar.update(task, description=f"{stage} {n}"))
+            if deep and report.ok:  # a journal that does not verify cannot vouch for a rebuild
+                from wxarchive.deep_verify import deep_check
+
+                deep_check(state.home, master, report,
+                           progress=lambda stage, n: bar.update(task, description=f"deep: {stage} {n}"))
+            elif deep:
+                report.notes.append("--deep skipped: fix the problems above first (the rebuild reads the journal)")
     except CannotVerify as e:
         fail(str(e), 2)
     from wxarchive.archive.audit import AccessLog, AuditError
 
     try:  # verify shows no content; a damaged access log must not hide its own report
         AccessLog(state.home, master, archive_id).record(
-            "verify", query={"against_checkpoint": str(against)} if against else {},
+            "verify", query={**({"against_checkpoint": str(against)} if against else {}), **({"deep": True} if deep else {})},
             results=len(report.problems) + report.more_problems)
     except AuditError as e:
         err.print(f"[yellow]warning:[/] {e}", highlight=False, soft_wrap=True)
@@ -967,7 +978,9 @@ def verify_cmd(
     else:
         out.print(f"journal: {report.entries} entries in {report.segments} segments, head {report.head_serial} "
                   f"({report.head_hash[:16]}…); checkpoints {report.checkpoints}; blobs {report.blobs}; "
-                  f"catalog messages checked {report.catalog_messages}", highlight=False)
+                  f"catalog messages checked {report.catalog_messages}"
+                  + (f"; catalog compared with one rebuilt from the journal up to entry {report.deep_checked}"
+                     if report.deep_checked is not None else ""), highlight=False)
         for note in report.notes:
             out.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
         if report.ok:

@@ -635,15 +635,17 @@ class WeComCapture:
         archive, source = self.archive, self.opts.source
         catch_up(archive)
         ended = []
+        # each entry's time as journaled (at=): what reindex gives the catalog, it gets now
+        now = int(time.time() * 1000)
         for dead in archive.catalog.unfinished_runs(source):
             meta = {"source": source, "run": dead, "status": "interrupted",
                     "error": "the process ended without closing this run", "counts": {}}
-            ended.append(Entry(archive.journal.append("run.end", meta), int(time.time() * 1000), "run.end", meta, b""))
+            ended.append(Entry(archive.journal.append("run.end", meta, at=now), now, "run.end", meta, b""))
         cursor = int(archive.catalog.cursor(source) or 0)
         meta = {"source": source, "cursor": str(cursor), "pid": os.getpid(), "follow": self.opts.follow}
-        run_id = archive.journal.append("run.start", meta)
+        run_id = archive.journal.append("run.start", meta, at=now)
         archive.journal.sync()
-        apply(archive, ended + [Entry(run_id, int(time.time() * 1000), "run.start", meta, b"")])
+        apply(archive, ended + [Entry(run_id, now, "run.start", meta, b"")])
         result = RunResult(run_id, source, cursor=str(cursor))
         ctx = get_context("spawn")
         try:
@@ -758,9 +760,10 @@ class WeComCapture:
         meta = {"source": result.source, "run": result.run_id, "status": result.status,
                 "error": result.error, "counts": dict(result.counts), "media": dict(result.media),
                 "cursor": result.cursor, "gaps": result.gaps}
-        serial = self.archive.journal.append("run.end", meta)
+        now = int(time.time() * 1000)
+        serial = self.archive.journal.append("run.end", meta, at=now)
         self.archive.journal.sync()
-        apply(self.archive, [Entry(serial, int(time.time() * 1000), "run.end", meta, b"")])
+        apply(self.archive, [Entry(serial, now, "run.end", meta, b"")])
         if self._media_pool is not None:
             self._media_pool.shutdown(wait=True, cancel_futures=True)
         for sdk in self._media_sdks + ([self._sdk] if self._sdk is not None else []):
@@ -866,9 +869,10 @@ def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, 
             flush()
             meta = {"source": src, "cursor": archive.catalog.cursor(src), "pid": os.getpid(),
                     "import": str(folder)}
-            runs[src] = j.append("run.start", meta)
+            now = int(time.time() * 1000)
+            runs[src] = j.append("run.start", meta, at=now)
             counts[src] = {"pulled": 0, "recovered": 0, "archived": 0, "duplicates": 0, "quarantined": 0}
-            pending.append(Entry(runs[src], int(time.time() * 1000), "run.start", meta, b""))
+            pending.append(Entry(runs[src], now, "run.start", meta, b""))
         c = counts[src]
         if e.kind in ("wecom.chatdata", "wechat.row"):  # raw records: the unit of deduplication
             c["pulled"] += 1
@@ -911,7 +915,8 @@ def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, 
     for src, run_id in runs.items():
         meta = {"source": src, "run": run_id, "status": "ok", "error": None, "counts": counts[src],
                 "cursor": archive.catalog.cursor(src)}
-        serial = j.append("run.end", meta)
-        pending.append(Entry(serial, int(time.time() * 1000), "run.end", meta, b""))
+        now = int(time.time() * 1000)
+        serial = j.append("run.end", meta, at=now)
+        pending.append(Entry(serial, now, "run.end", meta, b""))
         flush()
     return result

@@ -176,21 +176,21 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
     for dead in archive.catalog.unfinished_runs(source):  # killed runs: closed, their rows stay archived
         meta = {"source": source, "run": dead, "status": "interrupted",
                 "error": "the process ended without closing this run", "counts": {}}
-        ended.append(Entry(j.append("run.end", meta), now, "run.end", meta, b""))
+        ended.append(Entry(j.append("run.end", meta, at=now), now, "run.end", meta, b""))
     run_meta = {"source": source, "cursor": cursor_text, "pid": os.getpid(), "format": reader.format,
                 "device": str(reader.path),
                 "policy": {"file": str(policy.path), "sha256": policy.sha256, "employee": policy.employee,
                            "customer_list_sha256": policy.customers_sha256}}
-    result.run_id = j.append("run.start", run_meta)
+    result.run_id = j.append("run.start", run_meta, at=now)  # each entry's time as journaled (reindex agrees)
     dmeta = {"source": source, "key": f"directory:{now}", "fetched_at": now, "device": str(reader.path)}
     ddata = _directory(reader, plans, contacts, groups, policy.employee)
-    dserial = j.append("wechat.directory", dmeta, ddata)
+    dserial = j.append("wechat.directory", dmeta, ddata, at=now)
     c = _census(reader, plans, census)
     result.total, result.counts["excluded"] = c["total"], c["excluded"]
     result.work_conversations, result.personal_conversations = c["work_conversations"], c["personal_conversations"]
     cmeta = {"source": source, **c, "warnings": warnings}
     result.warnings = warnings
-    cserial = j.append("wechat.census", cmeta)
+    cserial = j.append("wechat.census", cmeta, at=now)
     j.sync()
     apply(archive, ended + [Entry(result.run_id, now, "run.start", run_meta, b""),
                     Entry(dserial, now, "wechat.directory", dmeta, ddata),
@@ -277,7 +277,7 @@ def _chunk(archive: Archive, reader, source: str, chunk: list[RawRow], cursor: d
         seen.add(key)
         meta = {"source": source, "key": key, "file": row.record.get("file"), "table": row.record.get("table"),
                 "cursor": f"{row.cursor_key}:{row.local_id}", "received_at": now}
-        serial = j.append("wechat.row", meta, data)
+        serial = j.append("wechat.row", meta, data, at=now)
         rows_entries.append(Entry(serial, now, "wechat.row", meta, data))
         by_serial[serial] = (msg, err)
         if msg is None:
@@ -296,7 +296,7 @@ def _chunk(archive: Archive, reader, source: str, chunk: list[RawRow], cursor: d
     j.sync()  # rows and media before the cursor that covers them
     cmeta = {"source": source, "cursor": json.dumps({k: [v, marks.get(k, "")] for k, v in cursor.items()},
                                                     sort_keys=True, separators=(",", ":"))}
-    cserial = j.append("cursor", cmeta)
+    cserial = j.append("cursor", cmeta, at=now)
     j.sync()
     # one catalog transaction: messages are inserted before any media outcome updates them
     apply(archive, rows_entries + after + [Entry(cserial, now, "cursor", cmeta, b"")], by_serial)
@@ -321,7 +321,7 @@ def _media(archive: Archive, reader, source: str, key: str, att: Attachment, row
         if "image key was not given" in (meta.get("reason") or ""):
             result.need_image_key += 1
     result.media[meta["state"]] = result.media.get(meta["state"], 0) + 1
-    serial = archive.journal.append("media", meta)
+    serial = archive.journal.append("media", meta, at=now)
     return Entry(serial, now, "media", meta, b"")
 
 
@@ -364,7 +364,7 @@ def _look_again(archive: Archive, reader, source: str, work: set[str], result: W
         if meta["state"] != "present" or meta.get("sha256") == a["sha256"]:
             continue  # nothing better than what is archived
         result.media_found_later += 1
-        entries.append(Entry(archive.journal.append("media", meta), now, "media", meta, b""))
+        entries.append(Entry(archive.journal.append("media", meta, at=now), now, "media", meta, b""))
     if entries:
         archive.journal.sync()
         apply(archive, entries)

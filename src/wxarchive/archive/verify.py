@@ -101,6 +101,7 @@ class Report:
     blobs: int = 0
     catalog_messages: int = 0  # message rows checked against the journal
     audit_entries: int = 0  # entries of the access audit log
+    deep_checked: int | None = None  # --deep: the catalog compared with one rebuilt up to this entry
     notes: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     more_problems: int = 0

@@ -1,0 +1,213 @@
+"""``wxarchive verify --deep``: the catalog rebuilt from the journal, compared with the live one.
+
+Plain ``verify`` proves the journal whole and that the catalog holds a row for every record
+and none more (identities and counts). It does not re-derive what the rows *say*: someone
+editing ``catalog.db`` (a message's text, its sender or time, an attachment's hash) or its
+full-text indexes (an index entry removed: searches would then miss that message) goes
+unnoticed by it. The deep check closes that gap the only way that cannot drift from the
+ingest: it applies every journal entry, with the ingest's own ``apply``, to a scratch
+catalog and compares the two, table by table and index by index:
+
+- every table, by natural key (ids and other surrogate keys left out): messages (every
+  column, the folded text and the external flag included), attachments (by message and
+  path), records, cursors, runs, conversations, participants, people, consent, holds,
+  purges — a row the journal does not give, a row missing, or a row altered, with the
+  columns that differ;
+- both full-text indexes (trigram and unigram), term by term through ``fts5vocab``: how many
+  messages hold each term and how often. An entry removed from, added to or changed in an
+  index shows as a term whose counts differ. (A term moved from one message to another with
+  every count kept equal would not show: the rowids of the two catalogs need not agree.)
+
+The live catalog is read in one read transaction (WAL: an ingest may go on meanwhile); the
+scratch catalog is first built up to what that snapshot has applied. The scratch file is
+``<home>/tmp/deep-verify-<pid>.db``: SQLCipher under a random key when the live catalog is
+encrypted, plain (the same exposure as ``catalog.db``) when it is not; it is deleted at the
+end, and files left by a killed run are deleted by the next one.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+from wxarchive.archive.catalog.sqlite import Catalog, connect_dbapi
+from wxarchive.archive.journal import Journal
+from wxarchive.archive.keys import MasterKeyProvider
+from wxarchive.archive.verify import Problem, Report
+
+ProgressFn = Callable[[str, int], None]
+EXAMPLES = 10  # differing rows named per table (the rest are counted)
+_SNAPSHOT_TRIES = 5  # the live catalog moved on while the scratch one caught up: try again
+
+# table -> (SELECT list over alias t (and m for the message an attachment belongs to), FROM
+# clause with {db} for the schema, how many leading items of the SELECT list are its natural key)
+_TABLES: dict[str, tuple[str, str, int]] = {
+    "messages": ("t.source, t.msgid, t.seq, t.conversation_id, t.conversation_kind, t.sender, t.recipients, "
+                 "t.sent_at, t.kind, t.source_type, t.action, t.text, t.content, t.reply_to, t.recalls, "
+                 "t.recalled_by, t.flags, t.raw_serial, t.serial, t.external, t.folded", "{db}.messages t", 2),
+    "attachments": ("m.source, m.msgid, t.path, t.kind, t.file_name, t.media_type, t.declared_size, t.declared_md5, "
+                    "t.source_ref, t.state, t.reason, t.sha256, t.size",
+                    "{db}.attachments t JOIN {db}.messages m ON m.id = t.message_id", 3),
+    "records": ("t.source, t.key, t.kind, t.raw_serial, t.cursor, t.state, t.reason", "{db}.records t", 2),
+    "cursors": ("t.source, t.cursor, t.serial", "{db}.cursors t", 1),
+    "runs": ("t.id, t.source, t.started_at, t.ended_at, t.status, t.error, t.pulled, t.archived, t.duplicates, "
+             "t.quarantined, t.recovered, t.start_cursor, t.end_cursor", "{db}.runs t", 1),
+    "conversations": ("t.source, t.id, t.kind, t.title, t.first_at, t.last_at, t.message_count", "{db}.conversations t", 2),
+    "participants": ("t.source, t.id, t.kind, t.display_name, t.first_seen, t.last_seen, t.message_count",
+                     "{db}.participants t", 2),
+    "people": ("t.source, t.person, t.origin, t.valid_from, t.serial, t.kind, t.name, t.alias, t.mobile, "
+               "t.mobile_digits, t.email, t.department, t.organisation, t.position, t.valid_to", "{db}.people t", 5),
+    "consent": ("t.source, t.external_id, t.scope, t.status, t.changed_at, t.checked_at, t.serial", "{db}.consent t", 3),
+    "holds": ("t.name, t.reason, t.filters, t.created_by, t.created_at, t.created_serial, t.released_by, "
+              "t.released_at, t.release_reason", "{db}.holds t", 1),
+    "purges": ("t.segment, t.tombstone_serial, t.purged_at, t.purged_by, t.records, t.retained", "{db}.purges t", 1),
+}
+_INDEXES = {"messages_fts": "trigram", "messages_uni": "unigram"}
+
+
+def _noop(stage: str, n: int) -> None:
+    pass
+
+
+def _scratch_dir(home: Path) -> Path:
+    d = home / "tmp"
+    d.mkdir(mode=0o700, exist_ok=True)
+    for old in d.glob("deep-verify-*.db*"):  # left by a killed run (its pid is gone)
+        pid = old.name.split("-")[2].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            old.unlink(missing_ok=True)
+    return d
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _catch_up(journal: Journal, scratch: Catalog, to: int, progress: ProgressFn) -> None:
+    """Apply journal entries to the scratch catalog up to serial ``to`` (the ingest's apply)."""
+    from wxarchive.ingest import apply
+
+    target = types.SimpleNamespace(catalog=scratch)  # apply only ever touches .catalog
+    buf = []
+    done = scratch.applied_serial()
+    for e in journal.entries(after=done):
+        if e.serial > to:
+            break
+        buf.append(e)
+        if len(buf) >= 2000:
+            apply(target, buf)
+            done = buf[-1].serial
+            progress("rebuilding", done)
+            buf = []
+    apply(target, buf)
+
+
+def _describe(row: tuple, other: tuple | None, cols: list[str]) -> str:
+    if other is None:
+        return ""
+    diff = [c for c, a, b in zip(cols, row, other) if a != b]
+    return f" ({', '.join(diff)} differ{'s' if len(diff) == 1 else ''})"
+
+
+def _compare_table(con, table: str, report: Report) -> int:
+    select_list, source, nkey = _TABLES[table]
+    cols = [c.split(".", 1)[1] for c in select_list.split(", ")]
+    live = f"SELECT {select_list} FROM {source.format(db='main')}"
+    rebuilt = f"SELECT {select_list} FROM {source.format(db='rebuilt')}"
+    extra = con.execute(f"SELECT count(*) FROM ({live} EXCEPT {rebuilt})").fetchone()[0]
+    missing = con.execute(f"SELECT count(*) FROM ({rebuilt} EXCEPT {live})").fetchone()[0]
+    if not extra and not missing:
+        return 0
+    ex = con.execute(f"{live} EXCEPT {rebuilt} LIMIT {EXAMPLES}").fetchall()
+    mi = con.execute(f"{rebuilt} EXCEPT {live} LIMIT {EXAMPLES * 4}").fetchall()
+    by_key = {r[:nkey]: r for r in mi}
+    for r in ex:
+        other = by_key.pop(r[:nkey], None)
+        what = "altered" if other is not None else "not what the journal gives (added or altered)"
+        report.add(Problem("catalog", f"catalog.db/{table}", f"row {_key(r[:nkey])} {what}{_describe(r, other, cols)}"))
+    for k in list(by_key)[:EXAMPLES]:
+        report.add(Problem("catalog", f"catalog.db/{table}", f"row {_key(k)} missing (the journal gives it)"))
+    shown = len(ex) + min(len(by_key), EXAMPLES)
+    n = max(extra, missing)
+    if n > shown:
+        report.notes.append(f"catalog.db/{table}: {extra} row(s) not as the journal gives them, {missing} it gives "
+                            "missing (the first shown as problems)")
+    return n
+
+
+def _key(k: tuple) -> str:
+    return "/".join("NULL" if v is None else str(v) for v in k)
+
+
+def _compare_index(con, table: str, report: Report) -> int:
+    for db in ("main", "rebuilt"):
+        con.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab_{db}_{table} USING fts5vocab({db}, {table}, 'row')")
+    live, rebuilt = f"SELECT term, doc, cnt FROM temp.vocab_main_{table}", f"SELECT term, doc, cnt FROM temp.vocab_rebuilt_{table}"
+    n = con.execute(f"SELECT count(*) FROM (SELECT term FROM ({live} EXCEPT {rebuilt}) UNION "
+                    f"SELECT term FROM ({rebuilt} EXCEPT {live}))").fetchone()[0]
+    if n:
+        report.add(Problem("catalog", f"catalog.db/{table}",
+                           f"the {_INDEXES[table]} full-text index does not match the messages: {n} term(s) with other "
+                           "counts than the journal's messages give (entries removed, added or altered: searches "
+                           "may miss or invent hits); run 'wxarchive reindex'"))
+    return n
+
+
+def deep_check(home: Path, master: MasterKeyProvider, report: Report, progress: ProgressFn = _noop) -> None:
+    """Rebuild the catalog from the journal in a scratch file and add to ``report`` every way
+    the live catalog differs from it (see the module docstring)."""
+    live_path = home / "catalog.db"
+    if not live_path.exists():
+        return  # plain verify has said so
+    ck = home / "keys" / "catalog.key"
+    live_key = master.unwrap(ck.read_bytes()) if ck.exists() else None
+    scratch_key = os.urandom(32) if live_key is not None else None
+    path = _scratch_dir(home) / f"deep-verify-{os.getpid()}.db"
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        f.unlink(missing_ok=True)
+    scratch = Catalog.open(path, scratch_key)
+    journal = Journal.open(home / "journal", master, readonly=True)
+    con = None
+    try:
+        con = connect_dbapi(live_path, live_key, readonly=True)
+        key_clause = f" KEY \"x'{scratch_key.hex()}'\"" if scratch_key is not None else ""
+        con.execute(f"ATTACH DATABASE ? AS rebuilt{key_clause}", (str(path),))
+        con.isolation_level = None  # transactions by hand: one snapshot of the live catalog
+        for _ in range(_SNAPSHOT_TRIES):
+            con.execute("BEGIN")
+            row = con.execute("SELECT value FROM main.meta WHERE key = 'applied_serial'").fetchone()
+            applied = int(row[0]) if row else 0
+            if scratch.applied_serial() == applied:
+                break
+            con.execute("ROLLBACK")
+            _catch_up(journal, scratch, applied, progress)
+        else:
+            report.add(Problem("catalog", "catalog.db", "kept moving while the deep check caught up: run it again "
+                                                        "when the ingest is quieter"))
+            return
+        if scratch.applied_serial() != applied:  # the journal ends before what the catalog says it applied
+            report.add(Problem("catalog", "catalog.db", f"says it applied entry {applied}, which the journal does "
+                                                        "not hold"))
+            return
+        progress("comparing", applied)
+        for table in _TABLES:
+            _compare_table(con, table, report)
+        for table in _INDEXES:
+            _compare_index(con, table, report)
+        report.deep_checked = applied
+        con.execute("ROLLBACK")
+    finally:
+        if con is not None:
+            con.close()
+        journal.close()
+        scratch.close()
+        for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            f.unlink(missing_ok=True)

@@ -1,0 +1,104 @@
+"""verify --deep: the catalog rebuilt from the journal and compared, rows and full-text indexes.
+
+Plain verify checks identities and counts; these edits of catalog.db pass it, and --deep
+must name each one (exit 1). An untouched archive passes both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wxarchive.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "WXARCHIVE_HOME": str(home)}, timeout=600)
+
+
+@pytest.fixture
+def home(ingested, tmp_path) -> Path:
+    h = tmp_path / "home"
+    shutil.copytree(ingested, h)
+    return h
+
+
+def _edit(home: Path, *sql: tuple) -> None:
+    db = sqlite3.connect(home / "catalog.db")
+    for stmt in sql:
+        db.execute(*stmt) if isinstance(stmt, tuple) else db.execute(stmt)
+    db.commit()
+    db.close()
+
+
+def _a_text_message(home: Path) -> tuple[int, str, str]:
+    db = sqlite3.connect(home / "catalog.db")
+    row = db.execute("SELECT id, msgid, text FROM messages WHERE kind = 'text' AND length(text) > 6 "
+                     "ORDER BY id LIMIT 1").fetchone()
+    db.close()
+    return row
+
+
+def test_an_untouched_archive_passes_the_deep_check(home):
+    done = _cli(home, "verify", "--deep", "--json")
+    assert done.returncode == 0, done.stdout
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["deep_checked"] == report["head_serial"]
+    assert not list((home / "tmp").glob("deep-verify-*"))  # the scratch catalog is gone
+    listed = _cli(home, "audit", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(ln)["query"] for ln in listed.stdout.splitlines()][0] == {"deep": True}
+
+
+def test_an_altered_message_text_passes_plain_verify_but_not_deep(home):
+    mid, msgid, text = _a_text_message(home)
+    _edit(home, ("UPDATE messages SET text = ? WHERE id = ?", ("nothing to see here", mid)))
+    assert _cli(home, "verify").returncode == 0  # identities and counts still agree
+    bad = _cli(home, "verify", "--deep")
+    assert bad.returncode == 1, bad.stdout
+    assert f"catalog: catalog.db/messages: row " in bad.stdout and f"/{msgid} altered (text differs)" in bad.stdout
+    # the indexes still hold the journal's text (only the row was edited): they match
+    assert "full-text index does not match" not in bad.stdout
+
+
+def test_a_removed_index_entry_is_found(home):
+    """A message taken out of the unigram index: its 1-2 character searches would miss it."""
+    mid, msgid, text = _a_text_message(home)
+    db = sqlite3.connect(home / "catalog.db")
+    from wxarchive.archive.catalog.fts import unigram_text
+
+    db.execute("INSERT INTO messages_uni(messages_uni, rowid, t) VALUES('delete', ?, ?)", (mid, unigram_text(text)))
+    db.commit()
+    db.close()
+    assert _cli(home, "verify").returncode == 0
+    bad = _cli(home, "verify", "--deep")
+    assert bad.returncode == 1
+    assert "catalog.db/messages_uni: the unigram full-text index does not match the messages" in bad.stdout
+
+
+def test_rows_added_removed_and_altered_elsewhere(home):
+    db = sqlite3.connect(home / "catalog.db")
+    att = db.execute("SELECT a.id, m.msgid, a.path FROM attachments a JOIN messages m ON m.id = a.message_id "
+                     "WHERE a.file_name IS NOT NULL LIMIT 1").fetchone()
+    conv = db.execute("SELECT source, id FROM conversations LIMIT 1").fetchone()
+    db.close()
+    _edit(home, ("UPDATE attachments SET file_name = ? WHERE id = ?", ("harmless.txt", att[0])),
+          ("DELETE FROM conversations WHERE source = ? AND id = ?", conv),
+          ("INSERT INTO holds (name, reason, filters, created_by, created_at, created_serial) "
+           "VALUES ('forged', 'x', '{}', 'nobody', 0, 1)",))
+    bad = _cli(home, "verify", "--deep")
+    assert bad.returncode == 1
+    assert f"catalog.db/attachments: row " in bad.stdout and f"/{att[1]}/{att[2]} altered (file_name differs)" in bad.stdout
+    assert f"catalog.db/conversations: row {conv[0]}/{conv[1]} missing (the journal gives it)" in bad.stdout
+    assert "catalog.db/holds: row forged not what the journal gives (added or altered)" in bad.stdout
+
+
+def test_deep_refuses_to_go_with_no_catalog(home):
+    done = _cli(home, "verify", "--deep", "--no-catalog")
+    assert done.returncode == 2 and "--deep compares the catalog" in done.stderr
