@@ -62,7 +62,7 @@ def test_an_altered_message_text_passes_plain_verify_but_not_deep(home):
     assert _cli(home, "verify").returncode == 0  # identities and counts still agree
     bad = _cli(home, "verify", "--deep")
     assert bad.returncode == 1, bad.stdout
-    assert f"catalog: catalog.db/messages: row " in bad.stdout and f"/{msgid} altered (text differs)" in bad.stdout
+    assert "catalog: catalog.db/messages: row " in bad.stdout and f"/{msgid} altered (text differs)" in bad.stdout
     # the indexes still hold the journal's text (only the row was edited): they match
     assert "full-text index does not match" not in bad.stdout
 
@@ -94,7 +94,7 @@ def test_rows_added_removed_and_altered_elsewhere(home):
            "VALUES ('forged', 'x', '{}', 'nobody', 0, 1)",))
     bad = _cli(home, "verify", "--deep")
     assert bad.returncode == 1
-    assert f"catalog.db/attachments: row " in bad.stdout and f"/{att[1]}/{att[2]} altered (file_name differs)" in bad.stdout
+    assert "catalog.db/attachments: row " in bad.stdout and f"/{att[1]}/{att[2]} altered (file_name differs)" in bad.stdout
     assert f"catalog.db/conversations: row {conv[0]}/{conv[1]} missing (the journal gives it)" in bad.stdout
     assert "catalog.db/holds: row forged not what the journal gives (added or altered)" in bad.stdout
 
