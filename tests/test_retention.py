@@ -65,6 +65,8 @@ def test_holds_are_journaled_listed_and_released(home):
     assert "message(s) match now" in made.stdout
     again = _cli(home, "hold", "create", "SEC-2026-01", "--reason", "x")
     assert again.returncode == 2 and "exists already" in again.stderr
+    empty = _cli(home, "hold", "create", "SEC-2026-02", "--reason", "x", "--since", "2024-03-10", "--until", "2024-03-01")
+    assert empty.returncode == 2 and "--since 2024-03-10 is not before --until 2024-03-01" in empty.stderr
     listed = [json.loads(x) for x in _cli(home, "hold", "list", "--json").stdout.splitlines()]
     assert [(h["name"], h["active"], h["filters"]) for h in listed] == [("SEC-2026-01", True, {"sender": sender})]
     assert listed[0]["matching"] == len(_search(home, "--sender", sender))

@@ -1117,6 +1117,8 @@ def hold_create_cmd(
                    "since": parse_when(since, tz) if since else None,
                    "until": parse_when(until, tz, end=True) if until else None}
         filters = {k: v for k, v in filters.items() if v is not None}
+        if "since" in filters and "until" in filters and filters["since"] >= filters["until"]:
+            fail(f"--since {since} is not before --until {until}: such a hold would hold nothing")
         con = archive.catalog.engine.raw_connection()
         try:
             if con.execute("SELECT 1 FROM holds WHERE name = ?", (name,)).fetchone():
