@@ -102,3 +102,60 @@ def test_rows_added_removed_and_altered_elsewhere(home):
 def test_deep_refuses_to_go_with_no_catalog(home):
     done = _cli(home, "verify", "--deep", "--no-catalog")
     assert done.returncode == 2 and "--deep compares the catalog" in done.stderr
+
+
+def test_duplicated_rows_and_the_catalog_notes_are_compared(home, tenant):
+    from test_directory import _sync
+
+    _sync(home, tenant)  # people, consent, departments
+    assert _cli(home, "verify", "--deep").returncode == 0
+    db = sqlite3.connect(home / "catalog.db")
+    cols = [r[1] for r in db.execute("PRAGMA table_info(people)") if r[1] != "row"]
+    db.execute(f"INSERT INTO people ({', '.join(cols)}) SELECT {', '.join(cols)} FROM people ORDER BY row LIMIT 1")
+    key = db.execute("SELECT key FROM meta WHERE key LIKE 'departments:%' LIMIT 1").fetchone()[0]
+    db.execute("UPDATE meta SET value = '{}' WHERE key = ?", (key,))
+    db.commit()
+    db.close()
+    bad = _cli(home, "verify", "--deep")
+    assert bad.returncode == 1
+    assert "catalog.db/people: " in bad.stdout and "(rows duplicated)" in bad.stdout
+    assert f"catalog.db/meta: row {key} altered (value differs)" in bad.stdout
+
+
+@pytest.mark.parametrize("damage", ["DROP TABLE holds", "ALTER TABLE messages DROP COLUMN folded",
+                                    "DROP TABLE messages_uni"])
+def test_a_damaged_schema_is_a_finding_not_a_traceback(home, damage):
+    _edit(home, damage)
+    bad = _cli(home, "verify", "--deep")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stderr and "catalog: catalog.db: its tables or indexes are damaged" in bad.stdout
+
+
+def test_an_altered_applied_serial_is_a_finding(home):
+    _edit(home, "UPDATE meta SET value = 'abc' WHERE key = 'applied_serial'")
+    bad = _cli(home, "verify")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "its applied serial is not a number" in bad.stdout
+
+
+def test_the_scratch_catalog_is_never_written_through_a_symlink(home, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o777)
+    (home / "tmp").mkdir(exist_ok=True)
+    shutil.rmtree(home / "tmp")
+    (home / "tmp").symlink_to(elsewhere)
+    done = _cli(home, "verify", "--deep")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "not a folder (a symlink or a file?)" in done.stderr
+    assert not list(elsewhere.iterdir())
+
+
+def test_a_scratch_file_left_by_a_killed_run_is_removed(home):
+    import socket
+
+    host = "".join(c for c in socket.gethostname() if c.isalnum()) or "host"
+    (home / "tmp").mkdir(mode=0o700, exist_ok=True)
+    left = home / "tmp" / f"deep-verify-{host}-999999999.db"  # no such pid
+    left.write_bytes(b"left by a killed run")
+    assert _cli(home, "verify", "--deep").returncode == 0
+    assert not left.exists()

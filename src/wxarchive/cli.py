@@ -957,10 +957,13 @@ def verify_cmd(
                                     catalog=not no_catalog,
                                     progress=lambda stage, n: bar.update(task, description=f"{stage} {n}"))
             if deep and report.ok:  # a journal that does not verify cannot vouch for a rebuild
-                from wxarchive.deep_verify import deep_check
+                from wxarchive.deep_verify import DeepCheckError, deep_check
 
-                deep_check(state.home, master, report,
-                           progress=lambda stage, n: bar.update(task, description=f"deep: {stage} {n}"))
+                try:
+                    deep_check(state.home, master, report,
+                               progress=lambda stage, n: bar.update(task, description=f"deep: {stage} {n}"))
+                except DeepCheckError as e:
+                    raise CannotVerify(str(e)) from None
             elif deep:
                 report.notes.append("--deep skipped: fix the problems above first (the rebuild reads the journal)")
     except CannotVerify as e:

@@ -19,8 +19,8 @@ catalog and compares the two, table by table and index by index:
   every count kept equal would not show: the rowids of the two catalogs need not agree.)
 
 The live catalog is read in one read transaction (WAL: an ingest may go on meanwhile); the
-scratch catalog is first built up to what that snapshot has applied. The scratch file is
-``<home>/tmp/deep-verify-<pid>.db``: SQLCipher under a random key when the live catalog is
+scratch catalog is built up to what that snapshot has applied. The scratch file is
+``<home>/tmp/deep-verify-<host>-<pid>.db`` (``<home>/tmp`` a real folder of ours, mode 0700): SQLCipher under a random key when the live catalog is
 encrypted, plain (the same exposure as ``catalog.db``) when it is not; it is deleted at the
 end, and files left by a killed run are deleted by the next one.
 """
@@ -39,7 +39,6 @@ from wxarchive.archive.verify import Problem, Report
 
 ProgressFn = Callable[[str, int], None]
 EXAMPLES = 10  # differing rows named per table (the rest are counted)
-_SNAPSHOT_TRIES = 5  # the live catalog moved on while the scratch one caught up: try again
 
 # table -> (SELECT list over alias t (and m for the message an attachment belongs to), FROM
 # clause with {db} for the schema, how many leading items of the SELECT list are its natural key)
@@ -63,6 +62,8 @@ _TABLES: dict[str, tuple[str, str, int]] = {
     "holds": ("t.name, t.reason, t.filters, t.created_by, t.created_at, t.created_serial, t.released_by, "
               "t.released_at, t.release_reason", "{db}.holds t", 1),
     "purges": ("t.segment, t.tombstone_serial, t.purged_at, t.purged_by, t.records, t.retained", "{db}.purges t", 1),
+    # the catalog's own notes (census per WeChat copy, departments...); not when it last ran ANALYZE
+    "meta": ("t.key, t.value", "{db}.meta t WHERE t.key != 'analyzed_messages'", 1),
 }
 _INDEXES = {"messages_fts": "trigram", "messages_uni": "unigram"}
 
@@ -71,14 +72,44 @@ def _noop(stage: str, n: int) -> None:
     pass
 
 
+class DeepCheckError(Exception):
+    """The deep check could not run (not a finding about the archive): exit 2."""
+
+
 def _scratch_dir(home: Path) -> Path:
+    """``<home>/tmp``: a real directory of ours, mode 0700 (never through a symlink: the scratch
+    catalog holds what the catalog holds)."""
     d = home / "tmp"
-    d.mkdir(mode=0o700, exist_ok=True)
-    for old in d.glob("deep-verify-*.db*"):  # left by a killed run (its pid is gone)
-        pid = old.name.split("-")[2].split(".")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+    try:
+        d.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(d)
+    except OSError as e:
+        raise DeepCheckError(f"{d}: cannot make the folder for the scratch catalog ({e.strerror or e})") from None
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode):
+        raise DeepCheckError(f"{d}: not a folder (a symlink or a file?): the scratch catalog is only written to "
+                             "a real folder of the archive home; move it away")
+    if st.st_uid != os.getuid():
+        raise DeepCheckError(f"{d}: owned by another account; the scratch catalog is only written to a folder of ours")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        try:
+            os.chmod(d, 0o700)
+        except OSError as e:
+            raise DeepCheckError(f"{d}: cannot make it private (mode 0700): {e.strerror or e}") from None
+    host = _host()
+    for old in d.glob("deep-verify-*.db*"):  # left by a killed run of this host (its pid is gone)
+        parts = old.name.split(".")[0].split("-")  # deep-verify-<host>-<pid>
+        if len(parts) >= 4 and parts[2] == host and parts[3].isdigit() and int(parts[3]) != os.getpid() \
+                and not _alive(int(parts[3])):
             old.unlink(missing_ok=True)
     return d
+
+
+def _host() -> str:
+    import socket
+
+    return "".join(c for c in socket.gethostname() if c.isalnum()) or "host"
 
 
 def _alive(pid: int) -> bool:
@@ -124,22 +155,38 @@ def _compare_table(con, table: str, report: Report) -> int:
     rebuilt = f"SELECT {select_list} FROM {source.format(db='rebuilt')}"
     extra = con.execute(f"SELECT count(*) FROM ({live} EXCEPT {rebuilt})").fetchone()[0]
     missing = con.execute(f"SELECT count(*) FROM ({rebuilt} EXCEPT {live})").fetchone()[0]
+    n_live = con.execute(f"SELECT count(*) FROM ({live})").fetchone()[0]
+    n_rebuilt = con.execute(f"SELECT count(*) FROM ({rebuilt})").fetchone()[0]
     if not extra and not missing:
+        if n_live != n_rebuilt:  # the same rows, some more than once (EXCEPT sees sets)
+            report.add(Problem("catalog", f"catalog.db/{table}", f"{n_live} rows where the journal gives {n_rebuilt} "
+                                                                  "(rows duplicated)"))
+            return abs(n_live - n_rebuilt)
         return 0
     ex = con.execute(f"{live} EXCEPT {rebuilt} LIMIT {EXAMPLES}").fetchall()
-    mi = con.execute(f"{rebuilt} EXCEPT {live} LIMIT {EXAMPLES * 4}").fetchall()
-    by_key = {r[:nkey]: r for r in mi}
+    mi = con.execute(f"{rebuilt} EXCEPT {live} LIMIT {EXAMPLES}").fetchall()
+    # the rebuilt rows of the same keys, to tell "altered" (and how) from "added"
+    others: dict[tuple, tuple] = {}
+    key_cols = [c.strip() for c in select_list.split(", ")][:nkey]
+    cond = " AND ".join(f"{c} IS ?" for c in key_cols)
     for r in ex:
-        other = by_key.pop(r[:nkey], None)
+        got = con.execute(f"{rebuilt} {'AND' if ' WHERE ' in source else 'WHERE'} {cond} LIMIT 1", r[:nkey]).fetchone()
+        if got is not None:
+            others[r[:nkey]] = got
+    for r in ex:
+        other = others.get(r[:nkey])
         what = "altered" if other is not None else "not what the journal gives (added or altered)"
         report.add(Problem("catalog", f"catalog.db/{table}", f"row {_key(r[:nkey])} {what}{_describe(r, other, cols)}"))
-    for k in list(by_key)[:EXAMPLES]:
-        report.add(Problem("catalog", f"catalog.db/{table}", f"row {_key(k)} missing (the journal gives it)"))
-    shown = len(ex) + min(len(by_key), EXAMPLES)
+    for r in mi:
+        if r[:nkey] in others:
+            continue
+        live_row = con.execute(f"{live} {'AND' if ' WHERE ' in source else 'WHERE'} {cond} LIMIT 1", r[:nkey]).fetchone()
+        what = "missing (the journal gives it)" if live_row is None else f"altered{_describe(live_row, r, cols)}"
+        report.add(Problem("catalog", f"catalog.db/{table}", f"row {_key(r[:nkey])} {what}"))
     n = max(extra, missing)
-    if n > shown:
+    if extra > len(ex) or missing > len(mi):
         report.notes.append(f"catalog.db/{table}: {extra} row(s) not as the journal gives them, {missing} it gives "
-                            "missing (the first shown as problems)")
+                            "not there as given (the first of each shown as problems)")
     return n
 
 
@@ -163,51 +210,75 @@ def _compare_index(con, table: str, report: Report) -> int:
 
 def deep_check(home: Path, master: MasterKeyProvider, report: Report, progress: ProgressFn = _noop) -> None:
     """Rebuild the catalog from the journal in a scratch file and add to ``report`` every way
-    the live catalog differs from it (see the module docstring)."""
+    the live catalog differs from it (see the module docstring). DeepCheckError: could not run."""
     live_path = home / "catalog.db"
     if not live_path.exists():
         return  # plain verify has said so
     ck = home / "keys" / "catalog.key"
     live_key = master.unwrap(ck.read_bytes()) if ck.exists() else None
     scratch_key = os.urandom(32) if live_key is not None else None
-    path = _scratch_dir(home) / f"deep-verify-{os.getpid()}.db"
-    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+    path = _scratch_dir(home) / f"deep-verify-{_host()}-{os.getpid()}.db"
+    files = (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+    for f in files:
         f.unlink(missing_ok=True)
-    scratch = Catalog.open(path, scratch_key)
-    journal = Journal.open(home / "journal", master, readonly=True)
-    con = None
+    con = journal = scratch = None
     try:
+        scratch = Catalog.open(path, scratch_key)
+        journal = Journal.open(home / "journal", master, readonly=True)
         con = connect_dbapi(live_path, live_key, readonly=True)
         key_clause = f" KEY \"x'{scratch_key.hex()}'\"" if scratch_key is not None else ""
         con.execute(f"ATTACH DATABASE ? AS rebuilt{key_clause}", (str(path),))
         con.isolation_level = None  # transactions by hand: one snapshot of the live catalog
-        for _ in range(_SNAPSHOT_TRIES):
-            con.execute("BEGIN")
+        con.execute("BEGIN")
+        try:  # the snapshot starts here (WAL: an ingest may go on; this read sees none of it)
             row = con.execute("SELECT value FROM main.meta WHERE key = 'applied_serial'").fetchone()
             applied = int(row[0]) if row else 0
-            if scratch.applied_serial() == applied:
-                break
-            con.execute("ROLLBACK")
-            _catch_up(journal, scratch, applied, progress)
-        else:
-            report.add(Problem("catalog", "catalog.db", "kept moving while the deep check caught up: run it again "
-                                                        "when the ingest is quieter"))
+        except ValueError:
+            report.add(Problem("catalog", "catalog.db", "its applied serial is not a number (altered)"))
             return
-        if scratch.applied_serial() != applied:  # the journal ends before what the catalog says it applied
-            report.add(Problem("catalog", "catalog.db", f"says it applied entry {applied}, which the journal does "
-                                                        "not hold"))
+        # the scratch catalog is written by its own connection; this one has not read it yet, so
+        # its first read below sees all of it
+        _catch_up(journal, scratch, applied, progress)
+        if scratch.applied_serial() != applied:
+            report.add(Problem("catalog", "catalog.db", f"says it applied journal entry {applied}, which the "
+                                                        "journal does not hold"))
             return
+        if applied > report.head_serial:
+            report.notes.append(f"--deep: an ingest went on meanwhile; the catalog was compared up to entry {applied} "
+                                f"(entries after {report.head_serial} were authenticated as they were read, their "
+                                "chain is checked by the next verify)")
         progress("comparing", applied)
-        for table in _TABLES:
-            _compare_table(con, table, report)
-        for table in _INDEXES:
-            _compare_index(con, table, report)
+        try:
+            for table in _TABLES:
+                _compare_table(con, table, report)
+            for table in _INDEXES:
+                _compare_index(con, table, report)
+        except _db_errors() as e:
+            report.add(Problem("catalog", "catalog.db", f"its tables or indexes are damaged ({e}): run 'wxarchive "
+                                                        "reindex' after keeping a copy for investigation"))
+            return
         report.deep_checked = applied
-        con.execute("ROLLBACK")
+    except _db_errors() as e:
+        raise DeepCheckError(f"the deep check could not run: {e}") from None
     finally:
         if con is not None:
             con.close()
-        journal.close()
-        scratch.close()
-        for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if journal is not None:
+            journal.close()
+        if scratch is not None:
+            scratch.close()
+        for f in files:
             f.unlink(missing_ok=True)
+
+
+def _db_errors() -> tuple[type[Exception], ...]:
+    import sqlite3
+
+    errors: list[type[Exception]] = [sqlite3.Error]
+    try:
+        from sqlcipher3 import dbapi2
+
+        errors.append(dbapi2.Error)
+    except ImportError:
+        pass
+    return tuple(errors)

@@ -481,7 +481,12 @@ class _CatalogCheck:
         self.name, self.report = db_path.name, report
         self.con = connect_dbapi(db_path, key, readonly=True)
         row = self.con.execute("SELECT value FROM meta WHERE key = 'applied_serial'").fetchone()
-        self.applied = int(row[0]) if row else 0
+        try:
+            self.applied = int(row[0]) if row else 0
+        except (TypeError, ValueError):
+            report.add(Problem("catalog", self.name, "its applied serial is not a number (altered): run "
+                                                     "'wxarchive reindex'"))
+            self.applied = 0
         # records with no message row by design: quarantined, or purged under retention
         self.quarantined = {(src, key) for src, key in self.con.execute(
             "SELECT source, key FROM records WHERE state IN ('quarantined', 'purged')")}
