@@ -244,3 +244,71 @@ def test_a_crash_mid_purge_is_finished_by_rerunning(home, point):
         tombs = [e.meta["segment"] for e in ar.journal.entries(kinds={"admin.purge"})]
     assert not (shredded & keys)  # every tombstoned segment's key is gone
     assert sorted(Path(t).stem for t in tombs) == sorted(shredded)
+
+
+def _catalog_state(home: Path) -> dict:
+    """What a rebuild must give back beyond messages: holds, purges, runs, cursors, censuses."""
+    import sqlite3
+
+    db = sqlite3.connect(home / "catalog.db")
+    try:
+        return {t: sorted(db.execute(sql).fetchall()) for t, sql in {
+            "holds": "SELECT * FROM holds", "purges": "SELECT * FROM purges", "runs": "SELECT * FROM runs",
+            "cursors": "SELECT source, cursor, serial FROM cursors",
+            "meta": "SELECT key, value FROM meta WHERE key NOT IN ('analyzed_messages', 'applied_serial')"}.items()}
+    finally:
+        db.close()
+
+
+def test_a_second_purge_keeps_holds_tombstones_and_runs_a_rebuild_needs(home, monkeypatch):
+    """The segment holding the holds, their releases and the first purge's tombstones is purged
+    in turn: what the catalog derives from them is carried forward, so verify still finds every
+    tombstone, and a reindex (then a third purge) still knows the holds."""
+    import time as _time
+
+    from wxarchive.ingest import apply, reindex
+
+    everything = _search(home)
+    held = {m for m, r in everything.items() if "合同" in r["text"]}
+    assert _cli(home, "hold", "create", "M-1", "--reason", "contracts", "--text", "合同").returncode == 0
+    assert _cli(home, "hold", "create", "M-2", "--reason", "short-lived", "--text", "a").returncode == 0
+    assert _cli(home, "hold", "release", "M-2", "--reason", "withdrawn").returncode == 0
+    assert _cli(home, "purge", "--execute").returncode == 0  # round 1: the live segment stays
+    with Archive.open(home) as ar:  # close the segment that holds the holds and tombstones
+        ar.journal.segment_bytes = 1
+        for i in range(3):
+            ar.record_admin_event("admin.note", {"text": f"filler {i}"})
+    _time.sleep(0.05)
+    policy = retention.RetentionPolicy(1e-10)
+    with Archive.open(home) as ar:
+        first = {p.stem for p in (home / "journal" / "keys").glob("*.shredded")}
+        result = retention.execute_purge(ar, retention.plan_purge(ar, policy), apply)
+    shredded = {p.stem for p in (home / "journal" / "keys").glob("*.shredded")}
+    assert result.segments and shredded > first  # round 2 shredded the holds' segment too
+    with Archive.open(home, readonly=True) as ar:
+        admin = [e for e in ar.journal.entries() if e.kind in ("admin.hold.create", "admin.hold.release", "admin.purge")]
+    # the originals are gone with their segment; what is left of them are carried copies
+    assert {e.kind for e in admin if "retained_from" in e.meta} == {"admin.hold.create", "admin.hold.release",
+                                                                    "admin.purge"}
+    assert not [e for e in admin if e.kind.startswith("admin.hold") and "retained_from" not in e.meta]
+    _verify_ok(home)  # every tombstone is still read (round 1's through its carried copy)
+    holds = {h["name"]: h["active"] for h in map(json.loads, _cli(home, "hold", "list", "--json").stdout.splitlines())}
+    assert holds == {"M-1": True, "M-2": False}
+    before = _catalog_state(home)
+    with Archive.open(home) as ar:
+        dump = _catalog_dump(ar.catalog.engine)
+        reindex(ar)
+        assert _catalog_dump(ar.catalog.engine) == dump
+    assert _catalog_state(home) == before
+    deep = _cli(home, "verify", "--deep")
+    assert deep.returncode == 0, deep.stdout
+    # the rebuilt catalog still holds M-1: a third purge keeps its messages
+    with Archive.open(home) as ar:
+        ar.journal.segment_bytes = 1
+        ar.record_admin_event("admin.note", {"text": "filler"})
+    _time.sleep(0.05)
+    with Archive.open(home) as ar:
+        retention.execute_purge(ar, retention.plan_purge(ar, policy), apply)
+    after = _search(home)
+    assert held and all(after.get(m) == everything[m] for m in held)
+    _verify_ok(home)

@@ -155,12 +155,13 @@ def apply(archive: Archive, entries: list[Entry], parsed: dict[int, tuple[Messag
             elif e.kind == "media":
                 b.attachment_result(m["source"], m["key"], m["path"], m["state"], m.get("reason"),
                                     m.get("sha256"), m.get("size"), m.get("media_type"))
-            elif e.kind == "cursor":
-                b.cursor(m["source"], m["cursor"], e.serial)
+            elif e.kind == "cursor":  # a copy (retained_from) counts at its original place
+                b.cursor(m["source"], m["cursor"], m.get("retained_from", e.serial))
             elif e.kind == "run.start":
-                b.run_start(e.serial, m["source"], e.time, m.get("cursor"))
+                b.run_start(m.get("retained_from", e.serial), m["source"], e.time, m.get("cursor"))
             elif e.kind == "run.end":
-                b.run_end(m["run"], e.time, m["status"], m.get("error"), m.get("counts", {}), m.get("cursor"))
+                b.run_end(m["run"], m["source"], e.time, m["status"], m.get("error"), m.get("counts", {}),
+                          m.get("cursor"))
             elif e.kind == "wechat.row":
                 msg, err = parsed.get(e.serial) or _parse_wechat(e)
                 if msg is None:
@@ -171,13 +172,14 @@ def apply(archive: Archive, entries: list[Entry], parsed: dict[int, tuple[Messag
             elif e.kind == "wechat.directory":
                 _apply_wechat_directory(b, e)
             elif e.kind == "wechat.census":
-                b.census(m["source"], m, e.serial, e.time)
+                b.census(m["source"], {k: v for k, v in m.items() if k != "retained_from"},
+                         m.get("retained_from", e.serial), e.time)
             elif e.kind == "wecom.directory":
                 _apply_directory(b, e)
             elif e.kind == "directory.import":
                 _apply_hr(b, e)
             elif e.kind.startswith("admin."):
-                b.admin_event(e.kind, m, e.serial, e.time)
+                b.admin_event(e.kind, m, m.get("retained_from", e.serial), e.time)
             if "retained_from" in m:
                 b.retained_copy(e.kind, m, e.serial)
 

@@ -258,6 +258,39 @@ def _copy_forward(archive, sp: SegmentPlan, apply: ApplyFn) -> None:
     apply(archive, copies)
 
 
+# What a purge carries forward out of a segment besides held records: the entries the catalog
+# derives lasting state from, which are not records under retention — legal holds and their
+# releases, earlier purge tombstones, every other administrative event (the audit trail),
+# capture runs, cursors, WeChat censuses. Without them a rebuild (reindex, verify --deep) would
+# forget a hold whose creation was shredded, and verify could no longer read an earlier
+# tombstone. Their apply is written to give the same catalog wherever they come (by their
+# original serial, ``retained_from``). Directory snapshots are not carried: their history is
+# built in journal order (a limit: a rebuild after a purge knows only later snapshots).
+CARRIED_KINDS = frozenset({"run.start", "run.end", "cursor", "wechat.census"})
+
+
+def _carried(kind: str) -> bool:
+    return kind in CARRIED_KINDS or kind.startswith("admin.")
+
+
+def _carry_state(archive, sp: SegmentPlan, apply: ApplyFn) -> int:
+    """Re-journal the segment's state entries (see CARRIED_KINDS) with ``retained_from``; how many."""
+    from wxarchive.archive.journal import Entry
+
+    j = archive.journal
+    copies = []
+    for e in j.entries(after=sp.first_serial - 1):
+        if e.serial > sp.last_serial:
+            break
+        if not _carried(e.kind):
+            continue
+        meta = {**e.meta, "retained_from": e.meta.get("retained_from", e.serial)}
+        copies.append(Entry(j.append(e.kind, meta, e.data, at=e.time), e.time, e.kind, meta, e.data))
+    j.sync()
+    apply(archive, copies)
+    return len(copies)
+
+
 def _tombstone(archive, sp: SegmentPlan, retained: list[list[str]]) -> dict[str, Any]:
     con = archive.catalog.engine.raw_connection()
     try:
@@ -298,6 +331,7 @@ def execute_purge(archive, plan: PurgePlan, apply: ApplyFn) -> PurgeResult:
                              "plan the purge again")
     for sp in plan.eligible:
         _copy_forward(archive, sp, apply)
+        _carry_state(archive, sp, apply)
         body = _tombstone(archive, sp, sp.held)
         body["signature"] = sign_tombstone(archive.signer, body)
         serial = archive.record_admin_event("admin.purge", body)  # journaled, catalog rows removed

@@ -401,7 +401,7 @@ def _tombstone_signed(meta: dict, public) -> bool:
     signature itself, as retention.sign_tombstone signed it)."""
     if public is None:  # no public key: reported on its own (a missing keys/signing.pub)
         return True
-    body = {k: v for k, v in meta.items() if k not in ("who", "signature")}
+    body = {k: v for k, v in meta.items() if k not in ("who", "signature", "retained_from")}  # a carried copy too
     try:
         public.verify(bytes.fromhex(str(meta.get("signature", ""))),
                       json.dumps(body, sort_keys=True, separators=(",", ":")).encode())

@@ -497,22 +497,31 @@ class Batch:
         (personal) — counts only, per UTC day."""
         value = json.dumps({**{k: v for k, v in meta.items() if k != "source"}, "serial": serial, "at": at},
                            ensure_ascii=False)
-        self.conn.execute(sqlite_insert(s.meta).values(key=f"census:{source}", value=value)
-                          .on_conflict_do_update(index_elements=["key"], set_={"value": value}))
+        # the newest by journal serial wins (a census carried forward by a purge is an older one)
+        self.conn.exec_driver_sql(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value "
+            "WHERE coalesce(json_extract(meta.value, '$.serial'), 0) <= ?", (f"census:{source}", value, serial))
 
     def admin_event(self, kind: str, meta: dict[str, Any], serial: int, at: int) -> None:
         """What an administrative journal entry changes in the catalog (most change nothing)."""
         self.flush()
         cur = self.conn.connection.driver_connection.cursor()
+        # Each sets only its own columns, whatever came first: after a purge carried a hold's
+        # creation forward, a rebuild meets its (older) release before it.
         if kind == "admin.hold.create":
-            cur.execute("INSERT OR IGNORE INTO holds (name, reason, filters, created_by, created_at, created_serial) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
+            cur.execute("INSERT INTO holds (name, reason, filters, created_by, created_at, created_serial) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET reason = excluded.reason, "
+                        "filters = excluded.filters, created_by = excluded.created_by, "
+                        "created_at = excluded.created_at, created_serial = excluded.created_serial",
                         (meta["name"], meta["reason"], _dumps(meta.get("filters") or {}), meta.get("who", ""),
                          at, serial))
         elif kind == "admin.hold.release":
-            cur.execute("UPDATE holds SET released_by = ?, released_at = ?, release_reason = ? "
-                        "WHERE name = ? AND released_at IS NULL",
-                        (meta.get("who", ""), at, meta.get("reason"), meta["name"]))
+            cur.execute("INSERT INTO holds (name, reason, filters, created_by, created_at, created_serial, released_by, "
+                        "released_at, release_reason) VALUES (?, '', '{}', '', 0, 0, ?, ?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET released_by = excluded.released_by, "
+                        "released_at = excluded.released_at, release_reason = excluded.release_reason "
+                        "WHERE holds.released_at IS NULL OR holds.released_at = excluded.released_at",
+                        (meta["name"], meta.get("who", ""), at, meta.get("reason")))
         elif kind == "admin.purge":
             self._purge(cur, meta, serial, at)
 
@@ -605,28 +614,31 @@ class Batch:
         )
 
     def cursor(self, source: str, cursor: str, serial: int) -> None:
+        """The newest cursor by journal serial (one a purge carried forward is an older one)."""
+        now = int(time.time() * 1000)
         self.conn.execute(
             sqlite_insert(s.cursors)
-            .values(source=source, cursor=cursor, serial=serial, updated_at=int(time.time() * 1000))
+            .values(source=source, cursor=cursor, serial=serial, updated_at=now)
             .on_conflict_do_update(
-                index_elements=["source"], set_={"cursor": cursor, "serial": serial,
-                                                 "updated_at": int(time.time() * 1000)}
+                index_elements=["source"], set_={"cursor": cursor, "serial": serial, "updated_at": now},
+                where=s.cursors.c.serial <= serial,
             )
         )
+
+    _COUNTS = ("pulled", "archived", "duplicates", "quarantined", "recovered")
 
     def run_start(self, run_id: int, source: str, at: int, start_cursor: str | None) -> None:
-        self.conn.execute(
-            sqlite_insert(s.runs).values(
-                id=run_id, source=source, started_at=at, status="running", start_cursor=start_cursor,
-                pulled=0, archived=0, duplicates=0, quarantined=0, recovered=0,
-            ).on_conflict_do_nothing()
-        )
+        """A run's start; its end may have been applied first (a rebuild after a purge carried
+        the start forward): then only the start's own columns are set."""
+        ins = sqlite_insert(s.runs).values(id=run_id, source=source, started_at=at, status="running",
+                                           start_cursor=start_cursor, **{k: 0 for k in self._COUNTS})
+        self.conn.execute(ins.on_conflict_do_update(
+            index_elements=["id"], set_={"source": source, "started_at": at, "start_cursor": start_cursor}))
 
-    def run_end(self, run_id: int, at: int, status: str, error: str | None, counts: dict[str, int],
+    def run_end(self, run_id: int, source: str, at: int, status: str, error: str | None, counts: dict[str, int],
                 end_cursor: str | None) -> None:
-        self.conn.execute(
-            update(s.runs).where(s.runs.c.id == run_id).values(
-                ended_at=at, status=status, error=error, end_cursor=end_cursor,
-                **{k: counts.get(k, 0) for k in ("pulled", "archived", "duplicates", "quarantined", "recovered")},
-            )
-        )
+        """A run's end, its start applied or not yet (its started_at stands in until then)."""
+        end = {"ended_at": at, "status": status, "error": error, "end_cursor": end_cursor,
+               **{k: counts.get(k, 0) for k in self._COUNTS}}
+        ins = sqlite_insert(s.runs).values(id=run_id, source=source, started_at=at, **end)
+        self.conn.execute(ins.on_conflict_do_update(index_elements=["id"], set_=end))
