@@ -13,10 +13,11 @@ catalog and compares the two, table by table and index by index:
   path), records, cursors, runs, conversations, participants, people, consent, holds,
   purges — a row the journal does not give, a row missing, or a row altered, with the
   columns that differ;
-- both full-text indexes (trigram and unigram), term by term through ``fts5vocab``: how many
-  messages hold each term and how often. An entry removed from, added to or changed in an
-  index shows as a term whose counts differ. (A term moved from one message to another with
-  every count kept equal would not show: the rowids of the two catalogs need not agree.)
+- both full-text indexes (trigram and unigram), message by message through ``fts5vocab``
+  'instance': each message's entries (how many, and sums over their terms and positions)
+  keyed by its (source, msgid) through each catalog's own ids, so an entry removed, added or
+  moved, and a message whose id was changed under the index (search would no longer find
+  it), all show. (A change keeping a message's count and both sums equal would not.)
 
 The live catalog is read in one read transaction (WAL: an ingest may go on meanwhile); the
 scratch catalog is built up to what that snapshot has applied. The scratch file is
@@ -195,17 +196,36 @@ def _key(k: tuple) -> str:
 
 
 def _compare_index(con, table: str, report: Report) -> int:
+    """Each message's entries in a full-text index (from fts5vocab 'instance': how many, and
+    sums over their terms and positions), keyed by the message's (source, msgid) through each
+    catalog's own ids, live against rebuilt: an entry removed, added or moved, or an index row
+    whose id no message has (a message whose id was changed is no longer found by search)."""
+    name = _INDEXES[table]
+    per_message = {}
     for db in ("main", "rebuilt"):
-        con.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab_{db}_{table} USING fts5vocab({db}, {table}, 'row')")
-    live, rebuilt = f"SELECT term, doc, cnt FROM temp.vocab_main_{table}", f"SELECT term, doc, cnt FROM temp.vocab_rebuilt_{table}"
-    n = con.execute(f"SELECT count(*) FROM (SELECT term FROM ({live} EXCEPT {rebuilt}) UNION "
-                    f"SELECT term FROM ({rebuilt} EXCEPT {live}))").fetchone()[0]
-    if n:
-        report.add(Problem("catalog", f"catalog.db/{table}",
-                           f"the {_INDEXES[table]} full-text index does not match the messages: {n} term(s) with other "
-                           "counts than the journal's messages give (entries removed, added or altered: searches "
-                           "may miss or invent hits); run 'wxarchive reindex'"))
-    return n
+        con.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab_{db}_{table} USING fts5vocab({db}, {table}, 'instance')")
+        per_message[db] = (
+            f"SELECT m.source, m.msgid, v.n, v.so, v.su, v.tl FROM (SELECT doc, count(*) AS n, sum(offset) AS so, "
+            f"sum(unicode(term) * (offset + 1)) AS su, total(length(term)) AS tl FROM temp.vocab_{db}_{table} "
+            f"GROUP BY doc) v LEFT JOIN {db}.messages m ON m.id = v.doc")
+    live, rebuilt = per_message["main"], per_message["rebuilt"]
+    extra = con.execute(f"SELECT count(*) FROM ({live} EXCEPT {rebuilt})").fetchone()[0]
+    missing = con.execute(f"SELECT count(*) FROM ({rebuilt} EXCEPT {live})").fetchone()[0]
+    if not extra and not missing:
+        return 0
+    where = f"catalog.db/{table}"
+    if con.execute(f"SELECT count(*) FROM ({live}) WHERE msgid IS NULL").fetchone()[0]:
+        report.add(Problem("catalog", where, f"the {name} full-text index holds entries for ids no message has "
+                                             "(a message's id changed, or entries added): searches miss or invent hits"))
+    wrong = [r[:2] for r in con.execute(f"{live} EXCEPT {rebuilt} LIMIT {EXAMPLES}") if r[1] is not None]
+    lost = [r[:2] for r in con.execute(f"{rebuilt} EXCEPT {live} LIMIT {EXAMPLES}")]
+    for src, msgid in dict.fromkeys(wrong + lost):
+        report.add(Problem("catalog", where, f"message {src}/{msgid}: its {name} index entries are not what its text "
+                                             "gives (removed, added or altered: searches may miss or invent it)"))
+    if extra > len(wrong) or missing > len(lost):
+        report.notes.append(f"{where}: {max(extra, missing)} message(s) whose {name} index entries differ from the "
+                            "rebuild (the first shown as problems); run 'wxarchive reindex'")
+    return max(extra, missing)
 
 
 def deep_check(home: Path, master: MasterKeyProvider, report: Report, progress: ProgressFn = _noop) -> None:
