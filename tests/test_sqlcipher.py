@@ -113,3 +113,15 @@ def test_asking_for_sqlcipher_on_a_plain_catalog_is_an_error(ingested, tmp_path)
     (home / "config.toml").write_text('[archive]\ncatalog_encryption = "sqlcipher"\n')
     done = _cli(home, Path(os.environ.get("WXARCHIVE_MASTER_KEY_FILE", "")), "status")
     assert done.returncode == 2 and "this archive's catalog is plain SQLite" in done.stderr
+
+
+def test_the_demo_honours_catalog_encryption(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text('[archive]\ncatalog_encryption = "sqlcipher"\n')
+    env = {**os.environ, "WXARCHIVE_MASTER_KEY_FILE": str(tmp_path / "master.key")}
+    done = subprocess.run([sys.executable, "-m", "wxarchive.cli", "--home", str(home), "demo", "-n", "100",
+                           "--tenant", str(tmp_path / "tenant")], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert not (home / "catalog.db").read_bytes().startswith(b"SQLite format 3")
+    assert (home / "keys" / "catalog.key").exists()

@@ -1530,7 +1530,7 @@ def demo_cmd(
     """The whole job on a simulated tenant: simulate, serve, ingest via the SDK, status, search, check."""
     from wxarchive.demo import run_demo
 
-    ok = run_demo(state.home, tenant, messages, seed, out, err)
+    ok = run_demo(state.home, tenant, messages, seed, out, err, open_archive=lambda: _open_archive(create=True)[0])
     if not ok:
         raise typer.Exit(1)
 

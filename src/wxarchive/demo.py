@@ -149,7 +149,8 @@ def _tenant_matches(tenant: Path, messages: int, seed: int) -> bool:
     return t.get("messages") == messages and t.get("seed") == seed and (tenant / "answer" / "media.jsonl").exists()
 
 
-def run_demo(home: Path, tenant: Path, messages: int, seed: int, out: Console, err: Console) -> bool:
+def run_demo(home: Path, tenant: Path, messages: int, seed: int, out: Console, err: Console,
+             open_archive=None) -> bool:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from wxarchive.archive.archive import Archive
@@ -182,7 +183,8 @@ def run_demo(home: Path, tenant: Path, messages: int, seed: int, out: Console, e
         keys = {int(p.stem.split("_v")[1]): p.read_bytes() for p in sorted((tenant / "keys").glob("private_v*.pem"))}
         opts = WeComOptions(corp_id=info["corp_id"], secret=(tenant / "secret").read_text().strip(),
                             private_keys=keys, proxy=proxy)
-        archive = Archive.open(home, create=True)
+        # the CLI's opener: it honours config.toml (master_key_file, catalog_encryption)
+        archive = open_archive() if open_archive is not None else Archive.open(home, create=True)
         from wxarchive.cli import _setup_logging
 
         _setup_logging(home)
