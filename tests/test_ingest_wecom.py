@@ -170,3 +170,17 @@ def test_search_equals_brute_force(tmp_path, tenant):
             want = {m for m, t in rows if needle in t}
             got = {r["msgid"] for r in search(ar.catalog.engine, Query(text=needle, literal=True))}
             assert got == want, needle
+
+
+def test_a_replay_is_signed_as_it_goes(tmp_path, tenant, monkeypatch):
+    """Long replays checkpoint every CHECKPOINT_EVERY entries like live captures (a verify run
+    beside a first big import otherwise saw a large journal with no checkpoint: 'deleted?')."""
+    import wxarchive.archive.archive as amod
+    from wxarchive.archive.checkpoints import list_checkpoints
+    monkeypatch.setattr(amod, "CHECKPOINT_EVERY", 100)
+    home = tmp_path / "home"
+    with Archive.open(home, create=True) as ar:
+        result = WeComCapture(ar, _opts(tenant, "", fetch_media=False), replay=tenant / "chatdata.jsonl").run()
+        assert result.status == "ok", result.error
+        mid_run = len(list_checkpoints(home / "journal"))
+    assert mid_run >= 1  # signed while the run was open (its one batch of 400 raw items), not only on close

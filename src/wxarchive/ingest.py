@@ -736,6 +736,7 @@ class WeComCapture:
                 return
             result.counts["pulled"] += len(items)
             self._decrypt_apply(pool, self._journal_raw(items, result), result)
+            self.archive.maybe_checkpoint()  # a long replay is signed as it goes, like a live capture
             self.progress("batch", {"pulled": len(items), **result.counts})
             if self.opts.secret and self.opts.fetch_media:
                 self.fetch_media(result)
@@ -862,6 +863,7 @@ def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, 
         if pending:
             j.sync()
             apply(archive, pending)
+            archive.maybe_checkpoint()
             progress("import", {"entries": result.entries})
             pending.clear()
 

@@ -300,6 +300,7 @@ def _chunk(archive: Archive, reader, source: str, chunk: list[RawRow], cursor: d
     j.sync()
     # one catalog transaction: messages are inserted before any media outcome updates them
     apply(archive, rows_entries + after + [Entry(cserial, now, "cursor", cmeta, b"")], by_serial)
+    archive.maybe_checkpoint()  # signed as it goes: a verify beside a long first run finds checkpoints
     progress("batch", dict(result.counts))
 
 
