@@ -120,7 +120,7 @@ def test_show_prints_the_transcript_in_order(cli_home):
     assert len(stamps) == sum(r["conversation"] == conv for r in rows)
     assert stamps == sorted(stamps)
     missing = run("show", "no-such-conversation", home=home)
-    assert missing.returncode == 1 and "no conversation" in missing.stderr
+    assert missing.returncode == 2 and "no conversation" in missing.stderr
 
 
 def test_logs_and_output_hold_no_secrets_or_text(cli_home, tenant):

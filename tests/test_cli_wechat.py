@@ -130,6 +130,8 @@ def test_readme_wechat_commands_run_as_written(tmp_path):
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     block = re.search(r"## WeChat from managed devices\s+```sh\n(.*?)```", text, re.S).group(1)
     lines = [re.sub(r"\s+#.*$", "", x) for x in block.replace("\\\n", " ").splitlines() if x.strip()]
+    assert lines[0] == "export WXARCHIVE_HOME=/tmp/wechat-archive"  # its own archive, said in the block
+    lines = lines[1:]
     assert len(lines) == 3 and all(x.startswith("wxarchive ") for x in lines)
     env = {"WXARCHIVE_HOME": str(tmp_path / "home")}
     outs = []
@@ -139,7 +141,7 @@ def test_readme_wechat_commands_run_as_written(tmp_path):
         assert p.returncode == 0, (line, p.stderr)
         outs.append(p.stdout)
     a = json.loads((tmp_path / "device" / "answer.json").read_text())
-    assert f"{a['total']} messages: 0 would be captured" in outs[1]  # no policy yet: nothing is work
+    assert f"{a['total']} messages: {a['work']} would be captured" in outs[1]  # what the policy would do
     assert f"archived {a['work']}," in outs[2]
     # three images (one a thumbnail only, one a V2 .dat opened with the image key), the video, the file,
     # the voice and its WAV present; the image never downloaded on the PC, the sticker and the forwarded

@@ -45,7 +45,7 @@ state = State()
 @app.callback()
 def _main(
     home: Optional[Path] = typer.Option(
-        None, "--home", envvar="WXARCHIVE_HOME", help="Archive directory [default: ./wxarchive-data]."
+        None, "--home", envvar="WXARCHIVE_HOME", help="Archive directory (default: ./wxarchive-data in the current folder)."
     ),
 ) -> None:
     state.home = cfg.resolve_home(home)
@@ -744,7 +744,7 @@ def show_cmd(conversation: str = typer.Argument(..., help="Conversation id (room
     finally:
         archive.close()
     if not rows:
-        fail(f"no conversation {conversation!r} in the archive (see 'wxarchive conversations')", 1)
+        fail(f"no conversation {conversation!r} in the archive (see 'wxarchive conversations')")
     for r in rows:
         _print_message(r, names=directory)
 
@@ -979,7 +979,7 @@ def verify_cmd(
     if as_json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:
-        out.print(f"journal: {report.entries} entries in {report.segments} segments, head {report.head_serial} "
+        out.print(f"journal: {report.entries} entries in {report.segments} segment{'' if report.segments == 1 else 's'}, head {report.head_serial} "
                   f"({report.head_hash[:16]}…); checkpoints {report.checkpoints}; blobs {report.blobs}; "
                   f"catalog messages checked {report.catalog_messages}"
                   + (f"; catalog compared with one rebuilt from the journal up to entry {report.deep_checked}"
@@ -1372,7 +1372,7 @@ def export_cmd(
                     from wxarchive.export.csv import export_csv
 
                     r = export_csv(archive, q, out_dir, query_text=query, tz=tz, progress=progress)
-                    summary = f"{r.messages} message(s) to messages.csv"
+                    summary = f"{r.messages} message(s) as messages.csv"
                     messages, files = r.messages, r.file_list
             except ExportError as e:
                 fail(str(e))
