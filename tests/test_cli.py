@@ -226,3 +226,16 @@ def test_follow_polls_and_stops_on_sigterm(tenant, tmp_path):
     assert "lags" in err  # the simulated records are from 2024: far behind WeCom's retention
     st = json.loads(run("status", "--json", home=home).stdout)
     assert st["messages"] == 396
+
+
+def test_a_name_nobody_has_is_said_not_silently_empty(cli_home):
+    """A mistyped sender matches nothing: the officer is told, the search still runs (0)."""
+    home, _ = cli_home
+    p = run("search", "--sender", "nobody-by-this-name", "--count", home=home)
+    assert p.returncode == 0 and p.stdout.strip() == "0"
+    assert "warning: --sender 'nobody-by-this-name': no participant or directory entry" in p.stderr
+    p = run("search", "--department", "No Such Dept", "--count", home=home)
+    assert "warning: --department 'No Such Dept': no one in the directory was ever in it" in p.stderr
+    known = json.loads(run("search", "--json", "--limit", "1", home=home).stdout.splitlines()[0])["sender"]
+    p = run("search", "--sender", known, "--count", home=home)
+    assert int(p.stdout) > 0 and "warning" not in p.stderr

@@ -561,6 +561,14 @@ F_FOLD = typer.Option(False, "--fold", help="Ignore case, width (Ｆｕｌｌ=Fu
 F_LITERAL = typer.Option(False, "--literal", help="The text is one substring, AND/OR/NOT/quotes included.")
 
 
+def _warn_unknown_names(engine, q) -> None:
+    from wxarchive.search.query import unknown_names
+
+    for w in unknown_names(engine, q):
+        err.print(f"[yellow]warning:[/] {escape_markup(safe(w))}; nothing can match it", highlight=False,
+                  soft_wrap=True, emoji=False)
+
+
 def _filters(text, sender, participant, department, kind, conversation, since, until, external, has_attachment,
              attachment_name, ext, min_size, max_size, recalled, source, fold, literal, tz, limit=None, offset=0,
              consent=None):
@@ -650,6 +658,7 @@ def search_cmd(
             from wxarchive.search.query import check_kind
 
             check_kind(archive.catalog.engine, kind)
+        _warn_unknown_names(archive.catalog.engine, q)
         # the read is recorded before anything is shown; if it cannot be, nothing is shown
         found = count(archive.catalog.engine, q)
         shown = max(0, min(found - offset, limit) if limit else found - offset)
@@ -1332,6 +1341,7 @@ def export_cmd(
                             consent=consent)
         from wxarchive.search.query import count
 
+        _warn_unknown_names(archive.catalog.engine, q)
         count(archive.catalog.engine, q)  # a query that cannot run fails here, before any folder is made
         with Progress(f"exporting {fmt}", BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
             task = bar.add_task("export", total=None)

@@ -104,6 +104,21 @@ def _people(value: str):
     return ids.union(select(h.c.person).where(or_(*conds)))
 
 
+def unknown_names(engine, q: Query) -> list[str]:
+    """The sender, participant and department filters of ``q`` that nobody in the archive has
+    (no participant, no directory entry, current or past): a typo there matches nothing, and an
+    officer must hear so rather than read "0 messages" as "none were sent"."""
+    out = []
+    with engine.connect() as c:
+        for flag, value in (("--sender", q.sender), ("--participant", q.participant)):
+            if value and c.execute(select(literal_column("1")).select_from(_people(value).subquery()).limit(1)).first() is None:
+                out.append(f"{flag} {value!r}: no participant or directory entry has that id, name, e-mail or mobile")
+        if q.department and c.execute(select(s.people.c.row).where(s.people.c.department == q.department)
+                                      .limit(1)).first() is None:
+            out.append(f"--department {q.department!r}: no one in the directory was ever in it")
+    return out
+
+
 CONSENT_STATES = {"agree": "Agree", "disagree": "Disagree", "default": "Default_Agree"}  # WeCom's words
 NARROW = 5000  # filters leaving fewer rows than this are scanned with instr(), not looked up in an index
 
