@@ -157,6 +157,11 @@ def _open(path: Path) -> tuple[email.message.EmailMessage, zipfile.ZipFile, dict
     return msg, z, json.loads(z.read("rsmf_manifest.json"))
 
 
+def test_our_own_export_manifest_is_told_apart(exported):
+    got = _cli(None, "validate-rsmf", str(exported / "manifest.json"))
+    assert got.returncode == 2 and "wxarchive's own export manifest" in got.stderr, got.stdout + got.stderr
+
+
 def test_every_file_passes_the_validator_with_format_checking(exported):
     files = sorted((exported / "rsmf").glob("*.rsmf"))
     assert len(files) > 10

@@ -349,6 +349,10 @@ def validate_file(path: Path, *, format_check: bool = True) -> Validation:
         _read_zip(data, v, format_check)
     elif data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"["):
         manifest = _parse_json(data, "manifest", v)
+        if isinstance(manifest, dict) and {"archive_id", "exported_by", "files", "counts"} <= manifest.keys() \
+                and "version" not in manifest:
+            raise CannotValidate(f"{path}: wxarchive's own export manifest (the hashes and signature of the "
+                                 "export), not an RSMF manifest: validate the .rsmf files beside it")
         if manifest is not None:
             v.layers.append("manifest")
             v.findings += check_manifest(manifest, format_check=format_check)
