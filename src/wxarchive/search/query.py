@@ -121,6 +121,9 @@ def unknown_names(engine, q: Query) -> list[str]:
 
 CONSENT_STATES = {"agree": "Agree", "disagree": "Disagree", "default": "Default_Agree"}  # WeCom's words
 NARROW = 5000  # filters leaving fewer rows than this are scanned with instr(), not looked up in an index
+# ... and so are filters leaving more, when the text has more hits still (counted up to WIDE):
+# a scan costs ~1 us a row, the index ~1.25 us a hit (docs/search.md)
+WIDE = 50_000
 
 
 def _substring(needle: str, fold: bool, scan: bool = False):
@@ -167,20 +170,40 @@ def _plan(conn, q: Query) -> list[Any]:
     """The WHERE terms, choosing how to answer the text: when the other filters leave fewer
     than NARROW rows (probed through their indexes), a scan of those beats any text index
     (SQLite cannot tell how many rows an FTS match returns, and would drive from it)."""
-    filters = _filter_terms(q)
+    filters = _filter_terms(q, conn)
     narrow = False
     if q.text and filters:
-        probe = select(literal_column("1")).select_from(s.messages).where(and_(True, *filters)).limit(1) \
-            .offset(NARROW - 1)
-        narrow = conn.execute(probe).first() is None
+        narrow = _fewer_rows(conn, filters, NARROW)
+        if not narrow:  # both sides may be large: drive from the smaller one
+            try:
+                tree = textq.parse(q.text, literal=q.literal)
+            except textq.TextQueryError as e:
+                raise QueryError(f"text {q.text!r}: {e}") from None
+            hits = _estimate(conn, tree, q.fold, WIDE)
+            narrow = hits is not None and hits > NARROW and _fewer_rows(conn, filters, hits)
     return filters + _text_terms(q, narrow)
 
 
-def _filter_terms(q: Query) -> list[Any]:
+def _fewer_rows(conn, filters: list[Any], n: int) -> bool:
+    """Whether the filters leave fewer than ``n`` rows (probed through their indexes)."""
+    probe = select(literal_column("1")).select_from(s.messages).where(and_(True, *filters)).limit(1).offset(n - 1)
+    return conn.execute(probe).first() is None
+
+
+def _only_source(conn, source: str) -> bool:
+    """Whether every message has this source (min = max over the (source, msgid) index: two
+    index probes). Then a ``source`` filter is left out: SQLite would otherwise check it row by
+    row beside the sender/time index (10-15 ms a query at 10,000,000 messages)."""
+    # two statements: SQLite answers a lone min() or max() from the index edge, both at once by a scan
+    lo = conn.execute(select(func.min(s.messages.c.source))).scalar()
+    return lo == source and conn.execute(select(func.max(s.messages.c.source))).scalar() == source
+
+
+def _filter_terms(q: Query, conn=None) -> list[Any]:
     m = s.messages
     a = s.attachments
     conds: list[Any] = []
-    if q.source:
+    if q.source and (conn is None or not _only_source(conn, q.source)):
         conds.append(m.c.source == q.source)
     if q.sender:
         conds.append(m.c.sender.in_(_people(q.sender)))
@@ -373,7 +396,7 @@ def _walk_page(conn, q: Query):
     if est is not None and est < threshold:
         return None
     m = s.messages
-    filters = _filter_terms(q)
+    filters = _filter_terms(q, conn)
     if filters and conn.execute(select(literal_column("1")).select_from(m).where(*filters).limit(1)
                                 .offset(NARROW - 1)).first() is None:
         return None  # the filters leave few rows: the scan of those is faster still
