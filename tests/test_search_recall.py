@@ -185,7 +185,7 @@ def test_pages_of_common_and_rare_terms_equal_brute_force_order(corpus, walk, mo
     engine, msgs = corpus
     if walk != "indexes":  # every text query tries the walk, with all the time it needs, or none
         monkeypatch.setattr(qmod, "WALK_FROM", 0)
-        monkeypatch.setattr(qmod, "INDEX_TO_WALK", 0.0)
+        monkeypatch.setattr(qmod, "_walk_ratio", lambda total: 0.0)
         monkeypatch.setattr(qmod, "WALK_MS", 60_000.0 if walk == "walk" else 0.0)
         monkeypatch.setattr(qmod, "WALK_MS_MAX", 60_000.0 if walk == "walk" else 0.0)
     walked = []

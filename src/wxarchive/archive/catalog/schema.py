@@ -213,4 +213,6 @@ purges = Table(
 )
 
 Index("ix_messages_serial", messages.c.serial)
+# pages of text searches: hits sorted by time from this, not from the rows (0005)
+Index("ix_messages_id_time", messages.c.id, messages.c.sent_at, messages.c.seq)
 Index("ix_messages_raw_serial", messages.c.raw_serial)
