@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wxarchive.archive.catalog.sqlite import Catalog, connect_dbapi
+from wxarchive.archive.files import pid_alive as _alive
 from wxarchive.archive.journal import Journal
 from wxarchive.archive.keys import MasterKeyProvider
 from wxarchive.archive.verify import Problem, Report
@@ -111,16 +112,6 @@ def _host() -> str:
     import socket
 
     return "".join(c for c in socket.gethostname() if c.isalnum()) or "host"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _catch_up(journal: Journal, scratch: Catalog, to: int, progress: ProgressFn) -> None:

@@ -26,3 +26,14 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that id exists on this host (files a killed one left are swept)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

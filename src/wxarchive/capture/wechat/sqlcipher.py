@@ -38,6 +38,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from wxarchive.archive.files import pid_alive as _alive
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -226,16 +228,6 @@ def check(path: Path, profile: Profile, password: bytes) -> Opened:
 
 
 TMP_PREFIX = "wxarchive-wechat-"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _sweep(base: Path) -> None:
