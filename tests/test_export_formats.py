@@ -349,3 +349,34 @@ def test_journal_command(source, smtp_server, tmp_path):
     assert need_tls.returncode == 2 and "no password" in need_tls.stderr
     bad = _cli(source, "journal", "--smtp", "nohostport", "--to", "x@y")
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+
+
+# ---- the recipient's check ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["html", "csv", "eml"])
+def test_a_recipient_checks_an_export_without_an_archive(source, tmp_path, fmt):
+    out = tmp_path / "out"
+    assert _cli(source, "export", "--format", fmt, "--out", str(out), "--text", "合同").returncode == 0
+    shown = _cli(source, "keys", "public")
+    assert shown.returncode == 0, shown.stderr
+    fingerprint = shown.stderr.split("fingerprint (SHA-256 of the raw key):")[1].split()[0]
+    nowhere = tmp_path / "no-archive"  # the recipient has wxarchive, not the archive
+    ok = _cli(nowhere, "verify-export", str(out), "--expect-key", fingerprint)
+    assert ok.returncode == 0 and "intact:" in ok.stdout and "the expected one" in ok.stdout, ok.stdout + ok.stderr
+    summary = json.loads(_cli(nowhere, "verify-export", str(out), "--json").stdout)
+    assert summary["ok"] and fmt in summary["format"] and summary["query"]["text"] == "合同" and not summary["pinned"]
+    assert not nowhere.exists()
+    wrong = _cli(nowhere, "verify-export", str(out), "--expect-key", "0" * 64)
+    assert wrong.returncode == 1 and "not the expected" in wrong.stderr
+    victim = next(p for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json")
+    victim.write_bytes(victim.read_bytes() + b" ")
+    altered = _cli(nowhere, "verify-export", str(out))
+    assert altered.returncode == 1 and "SHA-256 differs from the manifest" in altered.stderr
+    victim.unlink()
+    (out / "extra.txt").write_text("slipped in")
+    assert _cli(nowhere, "verify-export", str(out)).returncode == 1
+    gone = _cli(nowhere, "verify-export", str(tmp_path / "nope"))
+    assert gone.returncode == 2 and "no such folder" in gone.stderr
+    (tmp_path / "plain").mkdir()
+    assert _cli(nowhere, "verify-export", str(tmp_path / "plain")).returncode == 2

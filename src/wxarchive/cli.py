@@ -1494,6 +1494,47 @@ def validate_rsmf_cmd(
     raise typer.Exit(worst)
 
 
+@app.command("verify-export")
+def verify_export_cmd(
+    folder: Path = typer.Argument(..., help="A folder written by 'wxarchive export' (any format)."),
+    expect_key: Optional[str] = typer.Option(None, "--expect-key", help="SHA-256 fingerprint of the exporting "
+                                             "archive's public key, known out of band ('wxarchive keys public')."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
+) -> None:
+    """Check an export as its recipient: the manifest's signature, and every file's SHA-256.
+
+    Needs no archive. Exit 0 intact, 1 altered (or signed by another key than --expect-key),
+    2 not an export.
+    """
+    from wxarchive.export.manifest import AlteredExport, ManifestError, check_export
+
+    if not folder.is_dir():
+        fail(f"{folder}: no such folder")
+    try:
+        m = check_export(folder, expect_key)
+    except AlteredExport as e:
+        if as_json:
+            print(json.dumps({"ok": False, "problem": str(e)}, ensure_ascii=False))
+        fail(str(e), 1)
+    except ManifestError as e:
+        fail(str(e))
+    summary = {"ok": True, "format": m.get("format"), "archive_id": m.get("archive_id"),
+               "signed_by": m.get("key_fingerprint"), "pinned": bool(expect_key), "exported_by": m.get("exported_by"),
+               "on_behalf_of": m.get("on_behalf_of"), "exported_at": m.get("exported_at"), "query": m.get("query"),
+               "counts": m.get("counts"), "files": len(m["files"])}
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False))
+        return
+    from datetime import datetime, timezone
+
+    at = m.get("exported_at")
+    when = datetime.fromtimestamp(at / 1000, timezone.utc).isoformat(timespec="seconds") if isinstance(at, int) else "?"
+    out.print(f"intact: {len(m['files'])} file(s) as listed, signed by key {str(m.get('key_fingerprint'))[:16]}… "
+              f"({'the expected one' if expect_key else 'not pinned: pass --expect-key to check who signed'}); "
+              f"{m.get('format')} export of archive {m.get('archive_id')} by {m.get('exported_by')} at {when}",
+              highlight=False, markup=False, soft_wrap=True)
+
+
 @app.command("import")
 def import_cmd(
     folder: Path = typer.Argument(..., help="A folder written by 'export --format jsonl'."),

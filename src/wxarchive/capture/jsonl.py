@@ -42,60 +42,21 @@ class ExportedEntry:
 def open_export(folder: Path, expect_fingerprint: str | None = None) -> dict[str, Any]:
     """The export's manifest, after checking it is one of ours, signed (by the expected key,
     if one is given), complete, and that every file is as the manifest says."""
-    mpath = folder / "manifest.json"
+    from wxarchive.export.manifest import AlteredExport, ManifestError, check_export
+
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ImportError_(f"{folder}: not a wxarchive export (no manifest.json)") from None
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise ImportError_(f"{mpath}: unreadable ({e.__class__.__name__})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ImportError_(f"{mpath}: format {manifest.get('format') if isinstance(manifest, dict) else None!r} "
-                           f"is not {FORMAT}")
-    _check_signature(mpath, manifest, expect_fingerprint)
-    listed = set()
-    for f in manifest.get("files", []):
-        p = folder / f["path"]
-        listed.add(f["path"])
-        if not p.is_file():
-            raise TamperedExport(f"{p}: listed in the manifest but missing")
-        if _sha256(p) != f["sha256"]:
-            raise TamperedExport(f"{p}: SHA-256 differs from the manifest (altered after export)")
-    extra = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                   if p.is_file() and p.name != "manifest.json" and str(p.relative_to(folder)) not in listed)
-    if extra:
-        raise TamperedExport(f"{folder / extra[0]}: not listed in the manifest (added after export)")
-    if "records.jsonl" not in listed:
+        manifest = check_export(folder, expect_fingerprint)
+    except AlteredExport as e:
+        raise TamperedExport(str(e)) from None
+    except ManifestError as e:
+        raise ImportError_(str(e)) from None
+    mpath = folder / "manifest.json"
+    if manifest.get("format") != FORMAT:
+        raise ImportError_(f"{mpath}: format {manifest.get('format')!r} is not {FORMAT} (only an export of record "
+                           "re-imports; 'wxarchive verify-export' checks any)")
+    if "records.jsonl" not in {f["path"] for f in manifest["files"]}:
         raise TamperedExport(f"{mpath}: lists no records.jsonl")
     return manifest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _check_signature(mpath: Path, manifest: dict[str, Any], expect_fingerprint: str | None) -> None:
-    from cryptography.exceptions import InvalidSignature
-
-    from wxarchive.archive.checkpoints import CheckpointError, fingerprint, load_public_pem
-    from wxarchive.export.manifest import manifest_payload
-
-    if not manifest.get("signature") or not manifest.get("public_key"):
-        raise TamperedExport(f"{mpath}: not signed")
-    try:
-        public = load_public_pem(str(manifest["public_key"]), str(mpath))
-        public.verify(bytes.fromhex(str(manifest["signature"])), manifest_payload(manifest))
-    except (CheckpointError, InvalidSignature, ValueError):
-        raise TamperedExport(f"{mpath}: the signature does not verify (the manifest was altered)") from None
-    fp = fingerprint(public)
-    if manifest.get("key_fingerprint") != fp:
-        raise TamperedExport(f"{mpath}: key_fingerprint does not match its public key")
-    if expect_fingerprint and fp != expect_fingerprint.lower():
-        raise TamperedExport(f"{mpath}: signed by key {fp[:16]}…, not the expected {expect_fingerprint[:16]}…")
 
 
 def read_entries(folder: Path, problems: list[str]) -> Iterator[ExportedEntry]:

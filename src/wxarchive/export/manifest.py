@@ -4,7 +4,9 @@ It holds the query, who ran it (and on whose behalf), when and where, the archiv
 checkpoint the export was read at, every file with its SHA-256 and size, and counts
 reconciled with the search count for the same query. It is signed (Ed25519) with the
 archive's signing key, whose public half and fingerprint it carries: a recipient can prove
-that no file was altered, added or removed since (``wxarchive import`` does, for jsonl).
+that no file was altered, added or removed since (``wxarchive verify-export DIR``, and
+``wxarchive import`` before it imports a jsonl export), and pin who signed it (``--expect-key``
+with the fingerprint ``wxarchive keys public`` printed at the sender).
 """
 
 from __future__ import annotations
@@ -94,4 +96,59 @@ def write_manifest(archive, out: Path, *, fmt: str, query: dict[str, Any], count
         manifest["key_fingerprint"] = signer.fingerprint
         manifest["signature"] = signer.private.sign(manifest_payload(manifest)).hex()
     (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+class ManifestError(Exception):
+    """The folder is not an export that can be checked (no or unreadable manifest.json)."""
+
+
+class AlteredExport(ManifestError):
+    """The export was altered after it was written, is unsigned, or is signed by another key than expected."""
+
+
+def check_export(folder: Path, expect_fingerprint: str | None = None) -> dict[str, Any]:
+    """The export's manifest, after checking its signature (by the expected key, if given),
+    that every file it lists is there with that SHA-256, and that it lists every file there."""
+    from cryptography.exceptions import InvalidSignature
+
+    from wxarchive.archive.checkpoints import CheckpointError, fingerprint, load_public_pem
+
+    mpath = folder / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{folder}: not a wxarchive export (no manifest.json)") from None
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{mpath}: unreadable ({e.__class__.__name__})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        raise ManifestError(f"{mpath}: not a wxarchive export manifest")
+    if not manifest.get("signature") or not manifest.get("public_key"):
+        raise AlteredExport(f"{mpath}: not signed")
+    try:
+        public = load_public_pem(str(manifest["public_key"]), str(mpath))
+        public.verify(bytes.fromhex(str(manifest["signature"])), manifest_payload(manifest))
+    except (CheckpointError, InvalidSignature, ValueError):
+        raise AlteredExport(f"{mpath}: the signature does not verify (the manifest was altered)") from None
+    fp = fingerprint(public)
+    if manifest.get("key_fingerprint") != fp:
+        raise AlteredExport(f"{mpath}: key_fingerprint does not match its public key")
+    if expect_fingerprint and fp != expect_fingerprint.strip().lower():
+        raise AlteredExport(f"{mpath}: signed by key {fp[:16]}…, not the expected {expect_fingerprint[:16]}…")
+    listed = set()
+    for f in manifest["files"]:
+        if not isinstance(f, dict) or not isinstance(f.get("path"), str) or ".." in Path(f["path"]).parts \
+                or Path(f["path"]).is_absolute():
+            raise AlteredExport(f"{mpath}: a file entry is not a relative path inside the export")
+        p = folder / f["path"]
+        listed.add(f["path"])
+        if not p.is_file():
+            raise AlteredExport(f"{p}: listed in the manifest but missing")
+        if sha256_file(p)[0] != f.get("sha256"):
+            raise AlteredExport(f"{p}: SHA-256 differs from the manifest (altered after export)")
+    extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if p.is_file() and p.relative_to(folder).as_posix() != "manifest.json"
+                   and p.relative_to(folder).as_posix() not in listed)
+    if extra:
+        raise AlteredExport(f"{folder / extra[0]}: not listed in the manifest (added after export)")
     return manifest
