@@ -87,6 +87,8 @@ def test_reimport_into_an_empty_archive_gives_the_same_catalog(exported, source,
             assert b.blobs.get(sha) == a.blobs.get(sha)
     st = json.loads(_cli(new, "status", "--json").stdout)
     assert st["reconciliation"]["reconciled"] and st["reconciliation"]["catalog_matches_records"]
+    # the summary counts what the catalog holds: a message that does not parse is quarantined, not archived
+    assert f"{st['messages']} message(s), {st['records'].get('quarantined', 0)} quarantined" in done.stdout, (done.stdout, st['records'])
     assert _cli(new, "verify").returncode == 0
     again = _cli(new, "import", str(exported))  # idempotent
     assert again.returncode == 0 and "0 message(s)" in again.stdout

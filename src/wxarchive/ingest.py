@@ -858,14 +858,16 @@ def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, 
     new_raw: dict[int, int] = {}
     skip: set[tuple[str, str]] = set()
     pending: list[Entry] = []
+    parsed: dict[int, tuple[Message | None, str | None]] = {}  # parsed once: counted here, applied by apply
 
     def flush() -> None:
         if pending:
             j.sync()
-            apply(archive, pending)
+            apply(archive, pending, parsed)
             archive.maybe_checkpoint()
             progress("import", {"entries": result.entries})
             pending.clear()
+            parsed.clear()
 
     for e in read_entries(folder, result.problems):
         src, key = e.meta["source"], e.meta["key"]
@@ -906,8 +908,14 @@ def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, 
         if e.kind == "wecom.chatdata":
             new_raw[e.serial] = serial
         if e.kind in ("wecom.message", "wechat.row"):
-            c["archived"] += 1
-            result.messages += 1
+            entry = Entry(serial, e.time, e.kind, meta, e.data)
+            outcome = parsed[serial] = (_parse_entry if e.kind == "wecom.message" else _parse_wechat)(entry)
+            if outcome[0] is None:  # kept, but quarantined as at capture: it does not parse
+                c["quarantined"] += 1
+                result.quarantined += 1
+            else:
+                c["archived"] += 1
+                result.messages += 1
         elif e.kind == "quarantine":
             c["quarantined"] += 1
             result.quarantined += 1
