@@ -80,6 +80,11 @@ def test_holds_are_journaled_listed_and_released(home):
     assert kinds == ["admin.hold.create", "admin.hold.release"]
     actions = [json.loads(x)["action"] for x in _cli(home, "audit", "--json").stdout.splitlines()]
     assert "admin.hold.create" in actions and "admin.hold.release" in actions
+    dated = _cli(home, "hold", "create", "SEC-2026-03", "--reason", "dated", "--since", "2024-03-01", "--until", "2024-03-31")
+    assert dated.returncode == 0, dated.stderr
+    text = _cli(home, "hold", "list").stdout  # times as dates in the archive's zone (Asia/Shanghai), not epoch ms
+    assert "filters from 2024-03-01T00:00:00+08:00, before 2024-04-01T00:00:00+08:00" in text, text
+    assert _cli(home, "hold", "release", "SEC-2026-03", "--reason", "done").returncode == 0
 
 
 def test_dry_run_changes_nothing(home):

@@ -1175,7 +1175,11 @@ def hold_list_cmd(as_json: bool = typer.Option(False, "--json", help="One JSON o
             print(json.dumps(r, ensure_ascii=False))
         else:
             state = "active" if r["active"] else f"released {r['released_at']} by {r['released_by']}"
-            out.print(f"{r['name']}  {state}  {r['matching']} message(s)  filters {r['filters'] or 'none (everything)'}"
+            # times in the configured zone, not epoch ms (until is stored exclusive: "before")
+            words = {"since": "from", "until": "before"}
+            shown = ", ".join(f"{words[k]} {iso_time(v, settings.timezone)}" if k in words else f"{k} {v!r}"
+                              for k, v in r["filters"].items())
+            out.print(f"{r['name']}  {state}  {r['matching']} message(s)  filters {shown or 'none (everything)'}"
                       f"  placed {r['created_at']} by {r['created_by']}: {r['reason']}", highlight=False, markup=False)
     if not as_json:
         err.print(f"{len(rows)} hold(s)")
