@@ -106,7 +106,8 @@ class Archive:
         try:
             journal = Journal.open(home / "journal", master, readonly=readonly)
             blobs = BlobStore(home / "blobs", master)
-            catalog = Catalog.open(home / "catalog.db", _catalog_key(home, master, create and encrypt_catalog))
+            catalog = Catalog.open(home / "catalog.db", _catalog_key(home, master, create and encrypt_catalog),
+                                   mmap=readonly)  # readers search (random reads); writers need no map
             signer = None if readonly else Signer.load_or_create(home / "keys", master)
         except BaseException:
             if lock_fd is not None:

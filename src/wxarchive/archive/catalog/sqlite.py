@@ -27,14 +27,25 @@ MMAP_BYTES = 1 << 31  # SQLite's default build caps it at just under 2 GiB
 
 
 def _on_connect(dbapi_conn, _record) -> None:
+    _pragmas(dbapi_conn, MMAP_BYTES)
+
+
+def _on_connect_no_mmap(dbapi_conn, _record) -> None:
+    """A writer's connection: no memory map. A capture reads few catalog pages but writes many,
+    and mapped pages count in its resident set (a 1,000,000-message WeChat ingest peaked at
+    699 MB with the map: bench/ingest_wechat.py)."""
+    _pragmas(dbapi_conn, 0)
+
+
+def _pragmas(dbapi_conn, mmap_bytes: int) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
-    # reads go through the OS page cache without a read() call per page: random access to rows
-    # (time-ordered pages of search, hits looked up by id) costs a third to half less
-    cur.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+    # readers: reads go through the OS page cache without a read() call per page: random access
+    # to rows (time-ordered pages of search, hits looked up by id) costs a third to half less
+    cur.execute(f"PRAGMA mmap_size={int(mmap_bytes)}")
     cur.close()
 
 
@@ -120,14 +131,14 @@ class Catalog:
         self.path = path
 
     @classmethod
-    def open(cls, path: Path, key: bytes | None = None) -> Catalog:
+    def open(cls, path: Path, key: bytes | None = None, *, mmap: bool = True) -> Catalog:
         """Open (creating and migrating as needed) the catalog; ``key``: SQLCipher-encrypted."""
         if key is None:
             engine = create_engine(f"sqlite:///{path}")
         else:
             connect_dbapi(path, key).close()  # fail here, clearly, on a wrong key or a missing module
             engine = create_engine("sqlite://", creator=lambda: connect_dbapi(path, key))
-        event.listen(engine, "connect", _on_connect)
+        event.listen(engine, "connect", _on_connect if mmap else _on_connect_no_mmap)
         cat = cls(engine, path)
         from sqlalchemy.exc import DatabaseError
 
