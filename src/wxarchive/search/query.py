@@ -156,14 +156,18 @@ def _text(tree, fold: bool, scan: bool = False):
     return and_(*parts) if isinstance(tree, textq.And) else or_(*parts)
 
 
-def _text_terms(q: Query, scan: bool) -> list[Any]:
-    if not q.text:
-        return []
+def _tree(q: Query):
+    """The parsed text of ``q`` (a QueryError naming it when it does not parse)."""
     try:
-        tree = textq.parse(q.text, literal=q.literal)
+        return textq.parse(q.text, literal=q.literal)
     except textq.TextQueryError as e:
         raise QueryError(f"text {q.text!r}: {e}") from None
-    return [_text(tree, q.fold, scan)]
+
+
+def _text_terms(q: Query, scan: bool, tree=None) -> list[Any]:
+    if not q.text:
+        return []
+    return [_text(tree if tree is not None else _tree(q), q.fold, scan)]
 
 
 def _plan(conn, q: Query) -> list[Any]:
@@ -176,23 +180,15 @@ def _plan(conn, q: Query) -> list[Any]:
 def _route(conn, q: Query) -> tuple[list[Any], bool]:
     """The WHERE terms, and whether a text index drives them (see ``_plan``)."""
     filters = _filter_terms(q, conn)
+    tree = _tree(q) if q.text else None
     narrow = False
-    if q.text and filters:
+    if tree is not None and filters:
         narrow = _fewer_rows(conn, filters, NARROW)
         if not narrow:  # both sides may be large: drive from the smaller one
-            try:
-                tree = textq.parse(q.text, literal=q.literal)
-            except textq.TextQueryError as e:
-                raise QueryError(f"text {q.text!r}: {e}") from None
             hits = _estimate(conn, tree, q.fold, WIDE)
             narrow = hits is not None and hits > NARROW and _fewer_rows(conn, filters, hits)
-    driven = False
-    if q.text and not narrow and not q.fold:
-        try:
-            driven = _index_driven(textq.parse(q.text, literal=q.literal))
-        except textq.TextQueryError as e:
-            raise QueryError(f"text {q.text!r}: {e}") from None
-    return filters + _text_terms(q, narrow), driven
+    driven = tree is not None and not narrow and not q.fold and _index_driven(tree)
+    return filters + _text_terms(q, narrow, tree), driven
 
 
 def _index_driven(tree) -> bool:
@@ -291,10 +287,7 @@ def _index_count(conn, q: Query) -> int | None:
     if not q.text or q.fold or any(getattr(q, f.name) != f.default for f in fields(Query)
                                    if f.name not in ("text", "literal", "fold", "source", "limit", "offset")):
         return None  # any filter at its non-default value (recalled=False and external=False filter too)
-    try:
-        tree = textq.parse(q.text, literal=q.literal)
-    except textq.TextQueryError as e:
-        raise QueryError(f"text {q.text!r}: {e}") from None
+    tree = _tree(q)
     if not isinstance(tree, textq.Term):
         return None
     needle, r = tree.text, textq.route(tree.text)
@@ -416,10 +409,7 @@ def _walk_page(conn, q: Query):
     filter, in the same order (tests/test_search_recall.py compares the two routes)."""
     if not q.text or q.limit is None or q.offset + q.limit > 1000:
         return None
-    try:
-        tree = textq.parse(q.text, literal=q.literal)
-    except textq.TextQueryError as e:
-        raise QueryError(f"text {q.text!r}: {e}") from None
+    tree = _tree(q)
     want = q.offset + q.limit
     total = conn.execute(select(func.max(s.messages.c.id))).scalar() or 0
     threshold = max(WALK_FROM, int((_walk_ratio(total) * want * total) ** 0.5))
