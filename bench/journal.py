@@ -6,9 +6,10 @@ Prints, measured now on this machine over the same records:
 - ``baseline``: a bare loop doing only what the journal's format requires per record — the
   SHA-256 chain over AES-256-GCM ciphertext (fresh 96-bit nonce per record) — with no
   framing, metadata, file I/O or checks;
-- ``append``: ``Journal.append`` of every record (kind, JSON metadata, data), one ``sync``
-  (write + fsync, returning only once durable) per 1,000 records as the ingest does per
-  batch; timed per 20,000 records, each chunk right after the baseline over the same chunk
+- ``append``: every record (kind, JSON metadata, data) appended by ``Journal.append_many``
+  a batch of 1,000 at a time, each batch followed by one ``sync`` (write + fsync, returning
+  only once durable), as the ingest journals each batch of raw items (``--single``: one
+  ``Journal.append`` call per record instead, as the ingest journals decrypted messages); timed per 20,000 records, each chunk right after the baseline over the same chunk
   (this machine's speed drifts); each round also says how much of it was spent inside
   ``sync``: that part is the disk's fsync latency, which other processes' I/O can multiply
   (0.5 us/record on a quiet disk here, 3-5 us/record beside a busy test run);
@@ -66,7 +67,7 @@ def baseline(records: list[tuple[dict, bytes]]) -> float:
 
 
 def append(d: Path, master: LocalMasterKey, records: list[tuple[dict, bytes]],
-           chunk: int = 20_000) -> tuple[float, float, int, float]:
+           chunk: int = 20_000, single: bool = False) -> tuple[float, float, int, float]:
     """Append every record, timed chunk by chunk with the baseline over the same chunk run just
     before it (so that both see the same machine: this one's speed drifts by a third within
     seconds). Returns (append rec/s, baseline rec/s, journal bytes, seconds of the append time
@@ -80,9 +81,16 @@ def append(d: Path, master: LocalMasterKey, records: list[tuple[dict, bytes]],
             part = records[start : start + chunk]
             t_base += baseline(part)
             t = clock()
-            for i, (meta, data) in enumerate(part, start + 1):
-                j.append("wecom.chatdata", meta, data)
-                if i % 1000 == 0:
+            if single:
+                for i, (meta, data) in enumerate(part, start + 1):
+                    j.append("wecom.chatdata", meta, data)
+                    if i % 1000 == 0:
+                        s = clock()
+                        j.sync()
+                        t_sync += clock() - s
+            else:
+                for b in range(0, len(part), 1000):
+                    j.append_many("wecom.chatdata", part[b : b + 1000])
                     s = clock()
                     j.sync()
                     t_sync += clock() - s
@@ -112,6 +120,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--size", type=int, default=600)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--single", action="store_true", help="one Journal.append call per record")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "wxarchive-bench-journal")
     args = ap.parse_args()
     master = LocalMasterKey(os.urandom(32), "bench")
@@ -121,7 +130,7 @@ def main() -> None:
           f"baseline interleaved with append (per 20,000) and run before and after verify")
     to_base_a, to_base_v, rates_a, times_v = [], [], [], []
     for r in range(1, args.rounds + 1):
-        a, ba, size, ts = append(args.workdir, master, records)
+        a, ba, size, ts = append(args.workdir, master, records, single=args.single)
         b1 = len(records) / baseline(records)
         v, vt = verify(args.workdir, master, args.records)
         b2 = len(records) / baseline(records)

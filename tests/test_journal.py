@@ -159,3 +159,52 @@ def test_failed_fsync_is_not_retried(tmp_path, master, monkeypatch):
     j.append("test.record", {"source": "s", "key": "after"}, b"z")
     j.sync()
     assert [e.key for e in j.entries()][-1] == "after"
+
+
+def _walk_chain(j: Journal) -> int:
+    """Check serials and chain hashes frame by frame over every segment; returns the last serial."""
+    prev, serial = GENESIS_HASH, 0
+    for seg in j.segments():
+        for fr in iter_frames(seg):
+            assert not isinstance(fr, tuple), f"torn frame in {seg.name}"
+            assert fr.serial == serial + 1
+            assert chain_hash(prev, fr.head, fr.nonce, fr.ciphertext) == fr.hash
+            prev, serial = fr.hash, fr.serial
+    assert prev == j.head_hash or j.head_serial == 0
+    return serial
+
+
+def test_append_many_equals_appends_across_segment_starts(tmp_path, master, monkeypatch):
+    monkeypatch.setattr(jmod, "SEGMENT_BYTES", 4096)
+    monkeypatch.setattr(jmod, "_WRITE_BYTES", 1024)  # several writes inside one batch too
+    items = [({"source": "s", "key": f"k{i}"}, secrets.token_bytes(97)) for i in range(120)]
+    with Journal.open(tmp_path, master) as j:
+        assert j.append("test.one", {"source": "s", "key": "first"}, b"x") == 1
+        assert j.append_many("test.batch", items[:70], at=1_700_000_000_000) == 2
+        assert j.append_many("test.batch", [], at=5) == 72  # nothing appended: the next serial
+        assert j.append_many("test.batch", items[70:]) == 72
+        assert j.head_serial == 121
+        j.sync()
+    j = Journal.open(tmp_path, master)
+    assert len(j.segments()) > 5  # the batches crossed segment starts
+    assert _walk_chain(j) == 121
+    entries = list(j.entries())
+    assert [e.serial for e in entries] == list(range(1, 122))
+    assert [(e.meta, e.data) for e in entries[1:]] == items
+    assert {e.kind for e in entries[1:]} == {"test.batch"}
+    assert {e.time for e in entries[1:71]} == {1_700_000_000_000}  # one time for the batch given
+    assert len({e.time for e in entries[71:]}) == 1
+
+
+def test_append_many_stops_at_an_item_that_fails_and_keeps_the_ones_before(tmp_path, master):
+    items = [({"source": "s", "key": "a"}, b"1"), ({"source": "s", "key": "b"}, b"2"),
+             ({"source": "s", "key": {1, 2}}, b"3"), ({"source": "s", "key": "d"}, b"4")]
+    with Journal.open(tmp_path, master) as j:
+        with pytest.raises(TypeError, match="not JSON serializable"):
+            j.append_many("test.batch", items)
+        assert j.head_serial == 2  # the two before the bad one
+        assert j.append("test.one", {"source": "s", "key": "after"}, b"5") == 3
+        j.sync()
+    j = Journal.open(tmp_path, master)
+    assert _walk_chain(j) == 3
+    assert [e.key for e in j.entries()] == ["a", "b", "after"]

@@ -483,16 +483,19 @@ class WeComCapture:
         written: list[tuple[Entry, dict[str, Any]]] = []
         seen: set[str] = set()
         now = int(time.time() * 1000)
+        new: list[tuple[dict[str, Any], bytes]] = []
         for key, item in keyed:
             if key in known or key in seen:
                 result.counts["duplicates"] += 1
                 continue
             seen.add(key)
-            data = _ITEM_ENCODER.encode(item).encode()
             meta = {"source": source, "key": key, "cursor": str(item.get("seq")) if isinstance(item, dict) else None,
                     "received_at": now}
-            serial = self.archive.journal.append("wecom.chatdata", meta, data)
-            written.append((Entry(serial, now, "wecom.chatdata", meta, data), item))
+            new.append((meta, _ITEM_ENCODER.encode(item).encode()))
+            written.append((Entry(0, now, "wecom.chatdata", meta, new[-1][1]), item))
+        first = self.archive.journal.append_many("wecom.chatdata", new, at=now)
+        for serial, (entry, _) in enumerate(written, first):
+            entry.serial = serial
         self.archive.journal.sync()
         # The catalog follows the journal in serial order (``applied_serial`` must never pass
         # an entry it has not applied), so the raw items are registered as pending right away.
