@@ -130,3 +130,41 @@ def test_config_changes_are_journaled_as_admin_events(home):
     with Archive.open(home, readonly=True) as ar:
         actions = [ev.action for ev in ar.access_log().events()]
     assert actions.count("admin.config.change") == 2
+
+
+def _append_and_die(home, n):
+    """A writer that journals ``n`` more records, makes them durable, and dies before closing
+    (so no checkpoint signs them and no catalog row relies on them)."""
+    ar = Archive.open(home)
+    for i in range(n):
+        ar.journal.append("test.record", {"source": "s", "key": f"late{i}"}, b"y" * 10)
+    ar.journal.sync()
+    os._exit(0)
+
+
+def test_a_power_loss_tail_is_cut_kept_and_journaled_and_the_archive_verifies(home):
+    from wxarchive.archive.journal import iter_frames
+    from wxarchive.archive.verify import verify_archive
+
+    p = multiprocessing.get_context("fork").Process(target=_append_and_die, args=(home, 4))
+    p.start()
+    p.join(30)
+    with Archive.open(home, readonly=True) as ar:
+        seg = ar.journal.segments()[-1]
+        head = max(e.serial for e in ar.journal.entries())
+        archive_id, master = ar.archive_id, ar.master
+    frames = [fr for fr in iter_frames(seg) if not isinstance(fr, tuple)]
+    raw = bytearray(seg.read_bytes())
+    zeroed = frames[-2].offset  # the last two frames' sectors never reached the disk
+    raw[zeroed + 4 : zeroed + 4 + len(frames[-2].head)] = bytes(len(frames[-2].head))
+    raw[frames[-1].offset + 4 :] = bytes(len(raw) - frames[-1].offset - 4)
+    seg.write_bytes(bytes(raw))
+    with Archive.open(home) as ar:
+        assert ar.journal.head_serial == head - 1  # the two cut, the repair event journaled
+        repairs = [e.meta for e in ar.journal.entries(kinds={"admin.journal.repair"})]
+    assert len(repairs) == 1 and repairs[0]["after_serial"] == head - 2 and repairs[0]["offset"] == zeroed
+    assert repairs[0]["who"] and (home / "journal" / repairs[0]["kept"]).read_bytes() == bytes(raw[zeroed:])
+    with Archive.open(home, readonly=True) as ar:
+        assert "admin.journal.repair" in [ev.action for ev in ar.access_log().events()]
+    report = verify_archive(home, master, archive_id, blobs=False, catalog=False)  # the fixture catalogues nothing
+    assert report.ok, report.problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 
@@ -208,3 +209,63 @@ def test_append_many_stops_at_an_item_that_fails_and_keeps_the_ones_before(tmp_p
     j = Journal.open(tmp_path, master)
     assert _walk_chain(j) == 3
     assert [e.key for e in j.entries()] == ["a", "b", "after"]
+
+
+def _zero_last_frames(seg, keep_frames: int) -> int:
+    """Zero every byte after the first ``keep_frames`` frames' lengths: complete-length frames whose
+    content never reached the disk (a power loss). Returns the offset of the first zeroed frame."""
+    frames = [fr for fr in iter_frames(seg) if not isinstance(fr, tuple)]
+    first = frames[keep_frames].offset
+    raw = bytearray(seg.read_bytes())
+    for fr in frames[keep_frames:]:
+        raw[fr.offset + 4 : fr.offset + 4 + len(fr.head) + 12 + len(fr.ciphertext) + 32] = bytes(
+            len(fr.head) + 12 + len(fr.ciphertext) + 32)
+    seg.write_bytes(bytes(raw))
+    return first
+
+
+def test_a_power_loss_tail_of_zeroed_frames_is_cut_and_kept(tmp_path, master):
+    with Journal.open(tmp_path, master) as j:
+        payloads = _fill(j, 10)
+    seg = j.segments()[-1]
+    size = seg.stat().st_size
+    first = _zero_last_frames(seg, 7)
+    gone = seg.read_bytes()[first:]
+    j = Journal.open(tmp_path, master, durable_floor=7)  # entries 8-10 were never relied on
+    assert j.head_serial == 7
+    assert j.repair == {"segment": seg.name, "offset": first, "bytes": size - first, "after_serial": 7,
+                        "sha256": hashlib.sha256(gone).hexdigest(), "kept": f"torn/{seg.stem}-{first:012d}.bin",
+                        "reason": "entry 8 and after fail the chain (never durable: torn)"}
+    assert (tmp_path / j.repair["kept"]).read_bytes() == gone  # nothing thrown away
+    assert seg.stat().st_size == first
+    j.append("test.record", {"source": "s", "key": "again"}, b"x")
+    j.sync()
+    j.close()
+    entries = list(Journal.open(tmp_path, master).entries())
+    assert [e.data for e in entries] == payloads[:7] + [b"x"]
+    assert _walk_chain(Journal.open(tmp_path, master)) == 8
+
+
+def test_a_bad_tail_something_relied_on_is_refused_not_cut(tmp_path, master):
+    with Journal.open(tmp_path, master) as j:
+        _fill(j, 10)
+    seg = j.segments()[-1]
+    _zero_last_frames(seg, 7)
+    before = seg.read_bytes()
+    with pytest.raises(JournalError, match=r"offset \d+ breaks the chain; run 'wxarchive verify'"):
+        Journal.open(tmp_path, master, durable_floor=8)  # entry 8 was signed or catalogued
+    assert seg.read_bytes() == before and not (tmp_path / "torn").exists()
+
+
+def test_a_damaged_frame_with_written_frames_after_it_is_refused_not_cut(tmp_path, master):
+    """A flipped byte in entry 8 of 10: entries 9 and 10 still decrypt, so this is no tear."""
+    with Journal.open(tmp_path, master) as j:
+        _fill(j, 10)
+    seg = j.segments()[-1]
+    frames = [fr for fr in iter_frames(seg) if not isinstance(fr, tuple)]
+    raw = bytearray(seg.read_bytes())
+    raw[frames[7].offset + 4 + len(frames[7].head) + 12 + 3] ^= 0x01  # inside entry 8's ciphertext
+    seg.write_bytes(bytes(raw))
+    with pytest.raises(JournalError, match="breaks the chain"):
+        Journal.open(tmp_path, master, durable_floor=0)
+    assert seg.read_bytes() == bytes(raw)

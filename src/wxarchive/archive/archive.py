@@ -104,19 +104,23 @@ class Archive:
         _check_master_key(home, master)  # before anything is written with it (an access log, say)
         lock_fd = None if readonly else _take_writer_lock(home)
         try:
-            journal = Journal.open(home / "journal", master, readonly=readonly)
-            blobs = BlobStore(home / "blobs", master)
             catalog = Catalog.open(home / "catalog.db", _catalog_key(home, master, create and encrypt_catalog),
                                    mmap=readonly)  # readers search (random reads); writers need no map
+            cps = list_checkpoints(home / "journal")
+            last = int(cps[-1].stem.split("-")[1]) if cps else 0
+            # what a torn-tail repair may never cut: signed, or already in the catalog
+            floor = max(last, catalog.applied_serial() if not readonly else 0)
+            journal = Journal.open(home / "journal", master, readonly=readonly, durable_floor=floor)
+            blobs = BlobStore(home / "blobs", master)
             signer = None if readonly else Signer.load_or_create(home / "keys", master)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
-        cps = list_checkpoints(journal.dir)
-        last = int(cps[-1].stem.split("-")[1]) if cps else 0
         archive = cls(home, info["archive_id"], master, journal, blobs, catalog, signer, last, lock_fd)
         if not readonly:
+            if journal.repair is not None:  # a crash's torn tail was cut: say so in the audit trail
+                archive.record_admin_event("admin.journal.repair", journal.repair)
             archive._note_config_change()
         return archive
 

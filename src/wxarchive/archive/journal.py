@@ -22,8 +22,9 @@ The data key of a segment lives wrapped under the master key in
 Durability: ``append`` holds frames in memory (writing them every 256 KiB and starting
 their writeback, without waiting); ``sync`` writes the rest and fsyncs. Nothing that
 depends on an entry (a capture cursor, a catalog row) may be committed before ``sync``
-returned. A failed write or fsync is not retried: the journal refuses until reopened. A crash can leave a torn final frame; ``open`` cuts it off (and only
-it: damage anywhere else is refused, for ``wxarchive verify`` to report).
+returned. A failed write or fsync is not retried: the journal refuses until reopened. A crash can leave a torn tail; ``open`` cuts it off (only a
+tail nothing relied on and nothing readable follows: see ``_recover``; damage anywhere else is
+refused, for ``wxarchive verify`` to report).
 """
 
 from __future__ import annotations
@@ -219,6 +220,7 @@ class Journal:
     def __init__(self, directory: Path, master: MasterKeyProvider):
         self.dir = directory
         self.keys_dir = directory / "keys"
+        self.repair: dict[str, Any] | None = None  # what opening cut off a torn tail (see _recover)
         self.master = master
         self.head_serial = 0
         self.head_hash = GENESIS_HASH
@@ -254,9 +256,14 @@ class Journal:
     # ---- opening -------------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: Path, master: MasterKeyProvider, *, readonly: bool = False) -> Journal:
+    def open(cls, directory: Path, master: MasterKeyProvider, *, readonly: bool = False,
+             durable_floor: int = 0) -> Journal:
         """Open for appending (repairing a torn tail first), or ``readonly`` to only read:
-        then nothing is created or cut, so a reader is safe beside a running writer."""
+        then nothing is created or cut, so a reader is safe beside a running writer.
+
+        ``durable_floor``: the newest serial something outside the journal already relied on
+        (a signed checkpoint, the catalog's applied serial). A tail that fails the chain above
+        it may be a tear a power loss left (see ``_recover``); at or below it, never."""
         if readonly:
             j = cls(directory, master)
             j.readonly = True
@@ -264,40 +271,94 @@ class Journal:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "keys").mkdir(exist_ok=True)
         j = cls(directory, master)
-        j._recover()
+        j._recover(durable_floor)
         return j
 
     def segments(self) -> list[Path]:
         return sorted(self.dir.glob("seg-*.wxj"))
 
-    def _recover(self) -> None:
+    def _recover(self, floor: int = 0) -> None:
+        """Find the head; cut a torn tail off the newest segment.
+
+        A crash mid-write leaves an incomplete final frame: it is cut. A power loss can also
+        leave complete-length frames whose bytes never reached the disk (zeros, stale sectors),
+        which fail the chain: they are cut too, but only when all of these hold: the first bad
+        frame is above ``floor`` (nothing outside the journal relied on it), and nothing from
+        it to the end of the file is a frame that decrypts under the segment's key (garbage
+        cannot pass AES-GCM; written data would). The bytes cut are kept in ``torn/`` and
+        described in ``self.repair`` for the archive to journal. Otherwise: JournalError."""
         segs = self.segments()
         if not segs:
             return
         last = segs[-1]
-        prev = GENESIS_HASH
         with open(last, "rb") as f:
             header = read_segment_header(f)
         prev = bytes.fromhex(header["prev_hash"])
         serial = header["first_serial"] - 1
-        good_end = None
+        cut_at, reason = None, ""
         for fr in iter_frames(last):
             if isinstance(fr, tuple):
-                good_end = fr[1]
+                cut_at, reason = fr[1], "incomplete final frame"
                 break
             if fr.serial != serial + 1 or chain_hash(prev, fr.head, fr.nonce, fr.ciphertext) != fr.hash:
-                raise JournalError(
-                    f"{last.name}: entry at offset {fr.offset} breaks the chain; run 'wxarchive verify'"
-                )
+                if serial + 1 <= floor or self._written_after(last, fr.offset, serial + 1):
+                    raise JournalError(
+                        f"{last.name}: entry at offset {fr.offset} breaks the chain; run 'wxarchive verify'"
+                    )
+                cut_at, reason = fr.offset, f"entry {serial + 1} and after fail the chain (never durable: torn)"
+                break
             serial, prev = fr.serial, fr.hash
-        if good_end is not None:
-            # A torn final frame from a crash mid-write: nothing after it was ever synced.
-            with open(last, "r+b") as f:
-                f.truncate(good_end)
-                f.flush()
-                os.fsync(f.fileno())
+        if cut_at is not None:
+            # Nothing from ``cut_at`` on was ever relied on; its bytes are kept for forensics.
+            self.repair = self._cut(last, cut_at, serial, reason)
         self.head_serial, self.head_hash = serial, prev
         self._synced = serial
+
+    def _written_after(self, segment: Path, offset: int, serial: int) -> bool:
+        """Whether any frame of entry ``serial`` or later starts at or after ``offset`` of
+        ``segment`` and decrypts (searched for by its serial's bytes)."""
+        with open(segment, "rb") as f:
+            f.seek(offset)
+            tail = f.read()
+        try:
+            aead = self._segment_aead(segment)
+        except JournalError:
+            return True  # no key to tell: treat as written (refuse)
+        # Each serial from ``serial`` up to what the tail could hold at the smallest frame size.
+        for s in range(serial, serial + len(tail) // (4 + _MIN_BODY) + 1):
+            needle, pos = s.to_bytes(8, "big"), 4
+            while (pos := tail.find(needle, pos)) != -1:
+                n = _U32.unpack_from(tail, pos - 4)[0]
+                body = tail[pos : pos + n]
+                if len(body) == n >= _MIN_BODY:
+                    hl = HEAD.size + HEAD.unpack_from(body)[2]
+                    try:
+                        aead.decrypt(body[hl : hl + 12], body[hl + 12 : -32], body[:hl])
+                        return True
+                    except (InvalidTag, ValueError):
+                        pass
+                pos += 1
+        return False
+
+    def _cut(self, segment: Path, offset: int, serial: int, reason: str) -> dict[str, Any] | None:
+        """Keep ``segment``'s bytes from ``offset`` in ``torn/`` (if any), then truncate it there."""
+        with open(segment, "r+b") as f:
+            f.seek(offset)
+            rest = f.read()
+            if not rest:
+                return None
+            kept = self.dir / "torn" / f"{segment.stem}-{offset:012d}.bin"
+            kept.parent.mkdir(exist_ok=True)
+            with open(kept, "wb") as out:
+                out.write(rest)
+                out.flush()
+                os.fsync(out.fileno())
+            fsync_dir(kept.parent)
+            f.truncate(offset)
+            f.flush()
+            os.fsync(f.fileno())
+        return {"segment": segment.name, "offset": offset, "bytes": len(rest), "after_serial": serial,
+                "sha256": hashlib.sha256(rest).hexdigest(), "kept": f"torn/{kept.name}", "reason": reason}
 
     # ---- writing -------------------------------------------------------------------
 
