@@ -194,6 +194,9 @@ def test_a_tombstone_not_signed_by_the_archive_key_is_reported(home):
     assert [(p.serial, p.detail) for p in report.problems] == [
         (forged, "purge tombstone's signature does not verify under the archive's signing key")]
     assert serial == forged - 1  # the genuine one passed
+    with Archive.open(home, readonly=True) as ar:  # and the problem says where the entry is
+        entry = next(ar.journal.entries(after=forged - 1))
+    assert (report.problems[0].file, report.problems[0].offset) == (f"journal/{entry.segment}", entry.offset)
 
 
 def _crashing_purge(home: Path, point: str) -> None:

@@ -147,6 +147,7 @@ class _Seen:
     key: str | None
     blob: str | None = None  # sha256 of the media a ``media`` entry says was stored
     tomb: dict | None = None  # an ``admin.purge`` tombstone's metadata (segment, blobs, signature...)
+    where: tuple[str, int] | None = None  # a tombstone's segment (as reported) and frame offset
 
 
 _PARALLEL_MIN_BYTES = 128 << 20  # journals smaller than this are checked in-process (start-up would dominate)
@@ -237,7 +238,7 @@ def _check_segment(t: _SegmentTask) -> _SegmentResult:
                 keep(_Seen(serial, kind, meta.get("source"), meta.get("key"), blob if isinstance(blob, str) else None))
         elif kind == "admin.purge":
             if need_any:
-                keep(_Seen(serial, kind, meta.get("source"), meta.get("key"), None, meta))
+                keep(_Seen(serial, kind, meta.get("source"), meta.get("key"), None, meta, (name, offset)))
         elif need_all:
             keep(_Seen(serial, kind, meta.get("source"), meta.get("key")))
     return _SegmentResult(problems, notes, seen, hashes, entries, prev, expected)
@@ -619,8 +620,9 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
                         tombstoned.add(str(seen.tomb.get("segment")))
                         purged_blobs.update(b for b in seen.tomb.get("blobs") or [] if isinstance(b, str))
                     else:
-                        report.add(Problem("journal", "journal", "purge tombstone's signature does not verify under "
-                                                                 "the archive's signing key", seen.serial))
+                        file, offset = seen.where or ("journal", None)
+                        report.add(Problem("journal", file, "purge tombstone's signature does not verify under "
+                                                            "the archive's signing key", seen.serial, offset))
                 if check is not None:
                     check.feed(seen)
         except _DB_ERRORS as e:
