@@ -105,7 +105,8 @@ class Archive:
         lock_fd = None if readonly else _take_writer_lock(home)
         try:
             catalog = Catalog.open(home / "catalog.db", _catalog_key(home, master, create and encrypt_catalog),
-                                   mmap=readonly)  # readers search (random reads); writers need no map
+                                   mmap=readonly,  # readers search (random reads); writers need no map
+                                   readonly=readonly)
             cps = list_checkpoints(home / "journal")
             last = int(cps[-1].stem.split("-")[1]) if cps else 0
             # what a torn-tail repair may never cut: signed, or already in the catalog

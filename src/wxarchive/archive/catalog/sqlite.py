@@ -131,8 +131,10 @@ class Catalog:
         self.path = path
 
     @classmethod
-    def open(cls, path: Path, key: bytes | None = None, *, mmap: bool = True) -> Catalog:
-        """Open (creating and migrating as needed) the catalog; ``key``: SQLCipher-encrypted."""
+    def open(cls, path: Path, key: bytes | None = None, *, mmap: bool = True, readonly: bool = False) -> Catalog:
+        """Open (creating and migrating as needed) the catalog; ``key``: SQLCipher-encrypted.
+        ``readonly`` (a reader, which holds no writer lock): an existing catalog of another
+        schema revision is refused (CatalogError) rather than migrated beside a running writer."""
         if key is None:
             engine = create_engine(f"sqlite:///{path}")
         else:
@@ -142,10 +144,18 @@ class Catalog:
         cat = cls(engine, path)
         from sqlalchemy.exc import DatabaseError
 
-        from wxarchive.archive.catalog.migrate import upgrade
+        from wxarchive.archive.catalog.migrate import HEAD, current, upgrade
 
         try:
-            upgrade(engine)
+            rev = current(engine) if path.exists() else None
+            if rev != HEAD:
+                if readonly and rev is not None:
+                    engine.dispose()
+                    raise CatalogError(
+                        f"{path}: catalog schema revision {rev}, this wxarchive uses {HEAD}: run a command "
+                        "that writes (an ingest, 'wxarchive checkpoint' or 'wxarchive reindex') once to "
+                        + ("migrate it" if rev < HEAD else "match it (or use the newer wxarchive that wrote it)"))
+                upgrade(engine)
         except DatabaseError as e:
             engine.dispose()
             raise CatalogError(f"{path}: not a usable catalog ({e.orig}); move it aside and run 'wxarchive reindex' "
