@@ -239,3 +239,19 @@ def test_a_name_nobody_has_is_said_not_silently_empty(cli_home):
     known = json.loads(run("search", "--json", "--limit", "1", home=home).stdout.splitlines()[0])["sender"]
     p = run("search", "--sender", known, "--count", home=home)
     assert int(p.stdout) > 0 and "warning" not in p.stderr
+
+
+def test_conversations_list_account_switches_apart_from_chats(cli_home, tenant):
+    home, _ = cli_home
+    switches = {p["user"] for p in (a["plaintext"] for a in answer_messages(tenant))
+                if p and p.get("action") == "switch"}
+    assert switches  # the simulated tenant has some
+    p = run("conversations", "--json", home=home)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    system = [r for r in rows if r["kind"] == "system"]
+    assert {r["id"] for r in system} == {f"switch:{u}" for u in switches}
+    assert all(r["title"].startswith("account switches of ") for r in system)
+    assert not [r for r in rows if r["id"].startswith("switch:") and r["kind"] != "system"]
+    human = run("conversations", home=home)
+    assert human.returncode == 0 and "[system]" in human.stdout

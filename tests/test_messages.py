@@ -456,6 +456,7 @@ def test_p4_switch_and_consent_have_the_right_actor() -> None:
     switch = parse({"msgid": "125289002219525886280", "action": "switch", "time": 1554119421840, "user": "XuJinSheng"})
     assert (switch.kind, switch.action, switch.sender) == (MessageKind.SYSTEM, "switch", "XuJinSheng")
     assert (switch.sent_at, switch.conversation_id) == (1554119421840, "switch:XuJinSheng")
+    assert switch.conversation_kind == "system"  # listed apart from chats
     disagree = parse(
         envelope("disagree", disagree={"userid": "wmErxtDgAA9AW32YyyuYRimKr7D1KWlw", "disagree_time": 1603875944122})
     )

@@ -911,7 +911,7 @@ def conversations_cmd(as_json: bool = typer.Option(False, "--json", help="One JS
     finally:
         archive.close()
     for r in rows:
-        title = names.title(names.conversation(r["source"], r["id"], r["kind"])) if r["kind"] == "direct" else r["title"]
+        title = names.title(names.conversation(r["source"], r["id"], r["kind"])) if r["kind"] != "group" else r["title"]
         d = {"source": r["source"], "id": r["id"], "kind": r["kind"], "title": title,
              "messages": r["message_count"], "first": iso_time(r["first_at"], settings.timezone),
              "last": iso_time(r["last_at"], settings.timezone)}

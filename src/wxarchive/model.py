@@ -94,7 +94,7 @@ class Message:
     source: str
     msgid: str
     conversation_id: str
-    conversation_kind: str  # "direct" | "group"
+    conversation_kind: str  # "direct" | "group" | "system" (WeCom account switches: no chat)
     kind: MessageKind
     source_type: str  # the source's own type name (WeCom msgtype), kept for audit
     action: str = "send"  # send | recall | switch

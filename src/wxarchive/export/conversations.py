@@ -94,6 +94,8 @@ class Directory:
         """What to call a conversation: its group name, else its members' names."""
         if conv.title:
             return conv.title
+        if conv.kind == "system" and conv.id.startswith("switch:"):  # a WeCom user's account switches
+            return f"account switches of {self.person(conv.source, conv.id.removeprefix('switch:')).display}"
         ids = members if members is not None else conv.id.split("|")
         return ", ".join(self.person(conv.source, i).display for i in ids) or conv.id
 

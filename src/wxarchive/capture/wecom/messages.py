@@ -883,7 +883,7 @@ def _parse_switch(record: dict[str, Any], msgid: str, source: str, seq: int | No
         source=source,
         msgid=msgid,
         conversation_id=f"switch:{user or 'unknown'}",
-        conversation_kind="direct",
+        conversation_kind="system",  # an account event, not a chat: listed apart from them
         kind=MessageKind.SYSTEM,
         source_type="switch",
         action="switch",
