@@ -320,3 +320,32 @@ def test_a_second_purge_keeps_holds_tombstones_and_runs_a_rebuild_needs(home, mo
     after = _search(home)
     assert held and all(after.get(m) == everything[m] for m in held)
     _verify_ok(home)
+
+
+
+def test_a_participant_the_directory_names_outlives_their_purged_messages(home, tenant):
+    """A directory sync names everyone; a purge then removes every message of some of them.
+    They stay listed (no messages, their name): a rebuild, which meets the sync's answers but
+    not the purged messages, gives them so."""
+    import sqlite3
+
+    from test_directory import _sync
+    from wxarchive.ingest import reindex
+
+    _sync(home, tenant)
+    assert _cli(home, "purge", "--execute").returncode == 0
+    db = sqlite3.connect(home / "catalog.db")
+    try:
+        named = db.execute("SELECT p.id, p.display_name FROM participants p WHERE p.message_count = 0 AND "
+                           "p.first_seen IS NULL AND p.display_name IS NOT NULL").fetchall()
+        unnamed = db.execute("SELECT count(*) FROM participants WHERE display_name IS NULL AND "
+                             "message_count = 0 AND first_seen IS NULL").fetchone()[0]
+        api = dict(db.execute("SELECT person, name FROM people WHERE origin = 'api' AND valid_to IS NULL"))
+    finally:
+        db.close()
+    assert named and all(api[pid] == name for pid, name in named)  # their messages went, their names stay
+    assert unnamed == 0  # and nobody else is left without messages
+    with Archive.open(home) as ar:
+        dump = _catalog_dump(ar.catalog.engine)
+        reindex(ar)
+        assert _catalog_dump(ar.catalog.engine) == dump

@@ -94,6 +94,13 @@ def _dumps(v: Any) -> str:
         return _ENCODER.encode(v)
 
 
+def _named(cur, source: str, pid: str) -> bool:
+    """Whether the APIs or a device named ``pid`` (``Batch.person`` made their participant row
+    then); an HR import names no participant of its own."""
+    return cur.execute("SELECT 1 FROM people WHERE source = ? AND person = ? AND origin != 'hr' AND name IS NOT NULL "
+                       "LIMIT 1", (source, pid)).fetchone() is not None
+
+
 class CatalogError(Exception):
     """The catalog cannot be opened (e.g. SQLCipher wanted but not installed)."""
 
@@ -573,7 +580,8 @@ class Batch:
 
     @staticmethod
     def _recount(cur, convs: set[tuple[str, str]], people: set[tuple[str, str]]) -> None:
-        """Conversation and participant aggregates as a rebuild from the remaining messages gives them."""
+        """Conversation and participant aggregates as a rebuild from the remaining messages (and
+        the directory) gives them."""
         for src, conv in convs:
             n, lo, hi = cur.execute("SELECT count(*), min(sent_at), max(sent_at) FROM messages "
                                     "WHERE source = ? AND conversation_id = ?", (src, conv)).fetchone()
@@ -593,8 +601,10 @@ class Batch:
                 if t is not None:
                     lo = t if lo is None or t < lo else lo
                     hi = t if hi is None or t > hi else hi
+            # one the APIs or a device named stays (with no messages): a rebuild, which no longer
+            # meets the purged messages, makes their row from the directory answer alone
             if not cur.execute("SELECT 1 FROM messages WHERE source = ? AND (sender = ? OR instr(recipients, ?) > 0) "
-                               "LIMIT 1", (src, pid, json.dumps(pid))).fetchone():
+                               "LIMIT 1", (src, pid, json.dumps(pid))).fetchone() and not _named(cur, src, pid):
                 cur.execute("DELETE FROM participants WHERE source = ? AND id = ?", (src, pid))
             else:
                 cur.execute("UPDATE participants SET message_count = ?, first_seen = ?, last_seen = ? "
