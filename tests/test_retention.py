@@ -349,3 +349,43 @@ def test_a_participant_the_directory_names_outlives_their_purged_messages(home, 
         dump = _catalog_dump(ar.catalog.engine)
         reindex(ar)
         assert _catalog_dump(ar.catalog.engine) == dump
+
+
+def _close_live_segment(home: Path) -> None:
+    """Start a new segment, so that a purge may take the one that was live (and past retention)."""
+    import time as _time
+
+    with Archive.open(home) as ar:
+        ar.journal.segment_bytes = 1
+        for i in range(2):
+            ar.record_admin_event("admin.note", {"text": f"filler {i}"})
+    _time.sleep(0.05)
+
+
+def test_a_segment_is_kept_as_long_as_the_source_of_any_record_entry_in_it(home):
+    """Per-source retention: a segment holding decrypted entries of records whose raw items are
+    in the segment before (and no raw item of its own) is of their source, and kept as long."""
+    everything = _search(home)
+    source = next(iter(everything.values()))["source"]
+    _close_live_segment(home)
+    with Archive.open(home, readonly=True) as ar:
+        con = ar.catalog.engine.raw_connection()
+        try:
+            decrypted_only = [sp.segment for sp in retention.plan_purge(ar, retention.RetentionPolicy(1.0)).segments
+                              if con.execute("SELECT count(*) FROM messages WHERE serial BETWEEN ? AND ?",
+                                             (sp.first_serial, sp.last_serial)).fetchone()[0]
+                              and not con.execute("SELECT count(*) FROM records WHERE raw_serial BETWEEN ? AND ?",
+                                                  (sp.first_serial, sp.last_serial)).fetchone()[0]]
+        finally:
+            con.close()
+    assert decrypted_only  # the case at hand (the ingest's last segment here)
+    from wxarchive.ingest import apply
+
+    with Archive.open(home) as ar:
+        plan = retention.plan_purge(ar, retention.RetentionPolicy(1e-10, {source: 1000.0}))
+        assert not set(decrypted_only) & {sp.segment for sp in plan.eligible}
+        assert all(sp.sources == [source] and not sp.eligible for sp in plan.segments if sp.segment in decrypted_only)
+        result = retention.execute_purge(ar, plan, apply)
+    assert result.segments and result.records_purged == 0  # only segments of no record
+    _verify_ok(home)
+    assert _search(home) == everything

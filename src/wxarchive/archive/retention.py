@@ -173,8 +173,11 @@ def plan_purge(archive, policy: RetentionPolicy, now: int | None = None) -> Purg
                 continue
             first = int(seg.stem.split("-")[1])
             last, last_time = _last_time(seg)
+            # a record's raw item and the entry its message derives from may lie in two segments:
+            # either is kept as long as the record's source wants
             sources = {r[0] for r in con.execute(
-                "SELECT DISTINCT source FROM records WHERE raw_serial BETWEEN ? AND ?", (first, last))}
+                "SELECT DISTINCT source FROM records WHERE raw_serial BETWEEN ? AND ? UNION "
+                "SELECT DISTINCT source FROM messages WHERE serial BETWEEN ? AND ?", (first, last, first, last))}
             years = policy.years_for(sources)
             expires = last_time + int(years * YEAR_MS)
             records = con.execute("SELECT count(*) FROM records WHERE raw_serial BETWEEN ? AND ? "
