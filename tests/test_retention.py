@@ -322,7 +322,6 @@ def test_a_second_purge_keeps_holds_tombstones_and_runs_a_rebuild_needs(home, mo
     _verify_ok(home)
 
 
-
 def test_a_participant_the_directory_names_outlives_their_purged_messages(home, tenant):
     """A directory sync names everyone; a purge then removes every message of some of them.
     They stay listed (no messages, their name): a rebuild, which meets the sync's answers but
@@ -349,6 +348,23 @@ def test_a_participant_the_directory_names_outlives_their_purged_messages(home, 
         dump = _catalog_dump(ar.catalog.engine)
         reindex(ar)
         assert _catalog_dump(ar.catalog.engine) == dump
+
+
+def _directory_state(home: Path) -> dict:
+    """What the directory gives the catalog: people (with history), consent, departments and
+    censuses (meta), group titles, participants' names."""
+    import sqlite3
+
+    db = sqlite3.connect(home / "catalog.db")
+    try:
+        cols = ", ".join(r[1] for r in db.execute("PRAGMA table_info(people)") if r[1] != "row")
+        return {t: sorted(db.execute(sql).fetchall(), key=repr) for t, sql in {
+            "people": f"SELECT {cols} FROM people", "consent": "SELECT * FROM consent",
+            "titles": "SELECT source, id, title FROM conversations WHERE title IS NOT NULL",
+            "participants": "SELECT * FROM participants",
+            "meta": "SELECT key, value FROM meta WHERE key NOT IN ('analyzed_messages', 'applied_serial')"}.items()}
+    finally:
+        db.close()
 
 
 def _close_live_segment(home: Path) -> None:
@@ -389,3 +405,189 @@ def test_a_segment_is_kept_as_long_as_the_source_of_any_record_entry_in_it(home)
     assert result.segments and result.records_purged == 0  # only segments of no record
     _verify_ok(home)
     assert _search(home) == everything
+
+
+def test_a_segment_of_directory_answers_alone_is_snapshotted_before_its_purge(home, tenant, tmp_path):
+    """A segment holding nothing but a directory sync and an HR import (no record: the messages'
+    segments are kept longer) is purged: the snapshot its purge journals is all a rebuild has
+    of the directory, and gives the same people (history, mobiles), consent and names."""
+    from test_directory import _people, _sync
+    from wxarchive.ingest import apply, reindex
+
+    source = next(iter(_search(home).values()))["source"]
+    _close_live_segment(home)
+    _sync(home, tenant)
+    uid = _top_sender(home)
+    hr = tmp_path / "hr.csv"
+    hr.write_text(f"id,name,mobile,valid_from,valid_to\n{uid},Old HR Name,13800138000,,2024-03-01\n"
+                  f"{uid},New HR Name,13800138000,2024-03-01,\n", encoding="utf-8")
+    assert _cli(home, "directory", "import", str(hr)).returncode == 0
+    _close_live_segment(home)
+    before, people = _directory_state(home), _people(home)
+    assert len([p for p in people if p["person"] == uid]) == 3  # the API's name, HR's two
+    policy = retention.RetentionPolicy(1e-10, {source: 1000.0})  # the messages' segments stay
+    with Archive.open(home) as ar:
+        plan = retention.plan_purge(ar, policy)
+        assert plan.eligible and not [sp for sp in plan.eligible if sp.sources]  # no records in them
+        result = retention.execute_purge(ar, plan, apply)
+    with Archive.open(home, readonly=True) as ar:
+        kinds = {e.kind for e in ar.journal.entries()}
+        snaps = [e.meta["source"] for e in ar.journal.entries(kinds={"directory.snapshot"})]
+    assert "wecom.directory" not in kinds and "directory.import" not in kinds and snaps == [source]
+    assert result.records_purged == 0 and _directory_state(home) == before
+    deep = _cli(home, "verify", "--deep")
+    assert deep.returncode == 0, deep.stdout
+    with Archive.open(home) as ar:
+        reindex(ar)
+    assert _directory_state(home) == before and _people(home) == people
+    n = len(_search(home, "--sender", uid))
+    assert n > 0 and len(_search(home, "--sender", "Old HR Name")) == n == len(_search(home, "--sender", "138 0013 8000"))
+
+def test_a_purge_carries_the_directory_a_rebuild_needs(home, tenant, tmp_path):
+    """Directory answers (a rename among them) and an HR import (two names over time, a mobile,
+    an e-mail) sit in a segment that a purge shreds; a second and a third purge shred what was
+    carried out of it. After each: verify --deep is clean, a reindex gives the same catalog,
+    the held person's messages are found by the old name, the new one, the mobile and the
+    e-mail, and a transcript shows the name valid when each message was sent."""
+    import shutil
+    import sqlite3
+    from datetime import datetime, timezone
+
+    from test_directory import _people, _sync
+    from wxarchive.ingest import apply, reindex
+
+    tenant_copy = tmp_path / "tenant"
+    shutil.copytree(tenant, tenant_copy)
+    uid = _top_sender(home)  # an employee (the simulator's top sender is one)
+    assert _cli(home, "hold", "create", "M-1", "--reason", "litigation", "--sender", uid).returncode == 0
+    _sync(home, tenant_copy)
+    info = json.loads((tenant_copy / "tenant.json").read_text())
+    user = next(u for u in info["users"] if u["userid"] == uid)
+    old, new = user["name"], user["name"] + "（新）"
+    user["name"] = new
+    (tenant_copy / "tenant.json").write_text(json.dumps(info, ensure_ascii=False))
+    _sync(home, tenant_copy)  # the rename: history, the old name valid until now
+    held = _search(home, "--sender", uid)
+    times = sorted(r["sent_at_ms"] for r in held.values())
+    cut = datetime.fromtimestamp(times[len(times) // 2] / 1000, timezone.utc).isoformat()
+    hr = tmp_path / "hr.csv"
+    hr.write_text("id,name,mobile,email,department,valid_from,valid_to\n"
+                  f"{uid},旧名字,+86 138-0013-8000,Old.Name@Example.com,合规部,,{cut}\n"
+                  f"{uid},新名字,+86 138-0013-8000,New.Name@Example.com,合规部,{cut},\n", encoding="utf-8")
+    assert _cli(home, "directory", "import", str(hr)).returncode == 0
+    assert len(held) > 3 and {r["sender_name"] for r in held.values()} == {old}
+    source = next(iter(held.values()))["source"]
+
+    def check(round_: int) -> None:
+        deep = _cli(home, "verify", "--deep")
+        assert deep.returncode == 0, (round_, deep.stdout)
+        state = _directory_state(home)
+        with Archive.open(home) as ar:
+            dump = _catalog_dump(ar.catalog.engine)
+            reindex(ar)
+            assert _catalog_dump(ar.catalog.engine) == dump, round_
+        assert _directory_state(home) == state, round_
+        hist = [r for r in _people(home) if r["person"] == uid]
+        assert [(r["origin"], r["name"]) for r in hist] == [("api", old), ("api", new), ("hr", "旧名字"),
+                                                            ("hr", "新名字")], round_
+        assert hist[0]["valid_to"] == hist[1]["valid_from"] and hist[0]["valid_from"] is None
+        assert hist[2]["mobile"] == "+86 138-0013-8000" and hist[3]["email"] == "new.name@example.com"
+        for way in (uid, old, new, "旧名字", "新名字", "13800138000", "old.name@example.com", "NEW.NAME@example.com"):
+            found = _search(home, "--sender", way)
+            assert set(found) == set(held), (round_, way)
+            assert all(found[m] == held[m] for m in held), (round_, way)  # the name then: the old one
+        conv = held[min(held, key=lambda m: held[m]["sent_at_ms"])]["conversation"]
+        shown = _cli(home, "show", conv)
+        assert shown.returncode == 0, shown.stderr
+        assert f"{old} ({uid})" in shown.stdout and f"{new} ({uid})" not in shown.stdout, round_
+        db = sqlite3.connect(home / "catalog.db")
+        try:
+            assert db.execute("SELECT display_name FROM participants WHERE source = ? AND id = ?",
+                              (source, uid)).fetchone() == (new,)
+            assert db.execute("SELECT count(*) FROM consent").fetchone()[0] > 0
+            assert db.execute("SELECT count(*) FROM meta WHERE key LIKE 'departments:%'").fetchone()[0] == 1
+        finally:
+            db.close()
+
+    assert _cli(home, "purge", "--execute").returncode == 0  # round 1: the messages' segments
+    check(1)
+    before = _directory_state(home)
+    policy = retention.RetentionPolicy(1e-10)
+    for round_ in (2, 3):  # 2: the segment of the answers, the import and round 1's snapshot; 3: round 2's
+        _close_live_segment(home)
+        shredded = {p.stem for p in (home / "journal" / "keys").glob("*.shredded")}
+        with Archive.open(home) as ar:
+            result = retention.execute_purge(ar, retention.plan_purge(ar, policy), apply)
+        assert result.segments and {p.stem for p in (home / "journal" / "keys").glob("*.shredded")} > shredded
+        with Archive.open(home, readonly=True) as ar:
+            kinds = [e.kind for e in ar.journal.entries()]
+            snaps = [e.meta for e in ar.journal.entries(kinds={"directory.snapshot"})]
+        assert "wecom.directory" not in kinds and "directory.import" not in kinds  # shredded in round 2
+        # one snapshot for the purge's segments (of the one source: they fed no other)
+        assert [m["segments"] for m in snaps if m["segments"] == result.segments] == [result.segments]
+        assert all(m["source"] == source for m in snaps)
+        after = _directory_state(home)
+        for table in ("people", "consent", "meta"):  # a purge changes no name, history or consent
+            assert after[table] == before[table], (round_, table)
+        check(round_)
+
+
+def test_a_purge_carries_a_devices_contacts_a_rebuild_needs(tmp_path, monkeypatch):
+    """WeChat: the device's contact list (journaled at every read: remarks, nicknames, groups;
+    a contact with no message among them) and a later one renaming a contact and a group are
+    purged. A rebuild has the same names and history, from the snapshot alone; the held
+    contact's messages are found by the old remark, the new one and the nickname, and shown
+    under the name they had then."""
+    import time as _time
+
+    from test_wechat import device, ingest
+    from wxarchive.archive.journal import Entry
+    from wxarchive.ingest import apply, reindex
+
+    monkeypatch.setattr(jmod, "SEGMENT_BYTES", 16 * 1024)
+    home = tmp_path / "home"
+    ingest(home, device(tmp_path, "v4"), "v4")
+    (home / "config.toml").write_text("[archive]\nretention_years = 1e-10\n")
+    with Archive.open(home) as ar:  # the device read again: a contact and a group renamed
+        first = next(ar.journal.entries(kinds={"wechat.directory"}))
+        d = json.loads(first.data)
+        old = next(p for p in d["people"] if p["id"] == "wxid_client01")["remark"]
+        new = "张三丰 (ACME Holdings)"
+        for p in d["people"]:
+            p["remark"] = new if p["id"] == "wxid_client01" else p.get("remark")
+        d["groups"][0]["name"] = "客户群 2025"
+        now = int(_time.time() * 1000)
+        meta, data = {**first.meta, "key": f"directory:{now}", "fetched_at": now}, json.dumps(d).encode()
+        serial = ar.journal.append("wechat.directory", meta, data, at=now)
+        ar.journal.sync()
+        apply(ar, [Entry(serial, now, "wechat.directory", meta, data)])
+    assert _cli(home, "hold", "create", "W-1", "--reason", "r", "--sender", "wxid_client01").returncode == 0
+    held = _search(home, "--sender", "wxid_client01")
+    then = {r["sender_name"] for r in held.values()}
+    conv = next(r["conversation"] for r in held.values() if r["conversation_kind"] == "group")
+    # the group whole (a recall of one of the contact's messages there is the group's, not theirs)
+    assert _cli(home, "hold", "create", "W-2", "--reason", "r", "--conversation", conv).returncode == 0
+    _close_live_segment(home)
+    before = _directory_state(home)
+    names = {(src, pid): name for src, pid, kind, name, *_ in before["participants"]}
+    assert names[("wechat:wxid_owner01", "wxid_client01")] == new and len(then) == 1 and new not in then
+    assert names[("wechat:wxid_owner01", "wxid_member09")] == "Stranger in the group"  # no message of theirs
+    assert ("wechat:wxid_owner01", conv, "客户群 2025") in before["titles"]
+    with Archive.open(home) as ar:
+        result = retention.execute_purge(ar, retention.plan_purge(ar, retention.RetentionPolicy(1e-10)), apply)
+        kinds = {e.kind for e in ar.journal.entries()}
+    assert result.records_purged > 0 and result.records_retained >= len(held)
+    assert "wechat.directory" not in kinds and "directory.snapshot" in kinds
+    deep = _cli(home, "verify", "--deep")
+    assert deep.returncode == 0, deep.stdout
+    for state in ("live", "rebuilt"):
+        after = _directory_state(home)
+        for table in ("people", "titles", "meta"):
+            assert after[table] == before[table], (state, table)
+        assert {(src, pid): name for src, pid, kind, name, *_ in after["participants"]} == names, state
+        for way in ("wxid_client01", old, new, "Zhang San", "张三"):
+            assert _search(home, "--sender", way) == held, (state, way)
+        shown = _cli(home, "show", conv).stdout
+        assert f"{next(iter(then))} (wxid_client01)" in shown and f"{new} (wxid_client01)" not in shown, state
+        with Archive.open(home) as ar:
+            reindex(ar)

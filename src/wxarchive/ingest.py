@@ -178,6 +178,8 @@ def apply(archive: Archive, entries: list[Entry], parsed: dict[int, tuple[Messag
                 _apply_directory(b, e)
             elif e.kind == "directory.import":
                 _apply_hr(b, e)
+            elif e.kind == "directory.snapshot":  # a purge's, of the entries it shredded (archive/retention.py)
+                b.directory_snapshot(m["source"], json.loads(e.data))
             elif e.kind.startswith("admin."):
                 b.admin_event(e.kind, m, m.get("retained_from", e.serial), e.time)
             if "retained_from" in m:

@@ -15,10 +15,11 @@ every journal entry of a held record (raw item, decrypted message, media outcome
 copied forward into the live segment (``retained_from`` names the original), and the
 catalog follows the copies.
 
-**Purge** is a dry run unless executed. Executing, per eligible segment and crash-safe in
-this order (re-running finishes an interrupted purge): copy held records forward →
-journal a tombstone (``admin.purge``: segment, serial range, policy, every removed record
-(source, key, kind, raw entry, cursor),
+**Purge** is a dry run unless executed. Executing, crash-safe in this order (re-running
+finishes an interrupted purge): for every eligible segment, copy held records forward and
+carry its state entries forward (CARRIED_KINDS) → one directory snapshot per source the
+segments fed (below CARRIED_KINDS) → per segment, journal a tombstone (``admin.purge``:
+segment, serial range, policy, every removed record (source, key, kind, raw entry, cursor),
 every retained one, blobs removed, who; signed with the archive's Ed25519 key and covered
 by a checkpoint) → catalog rows removed → blobs only those records used deleted → the
 segment's data key destroyed.
@@ -267,9 +268,25 @@ def _copy_forward(archive, sp: SegmentPlan, apply: ApplyFn) -> None:
 # capture runs, cursors, WeChat censuses. Without them a rebuild (reindex, verify --deep) would
 # forget a hold whose creation was shredded, and verify could no longer read an earlier
 # tombstone. Their apply is written to give the same catalog wherever they come (by their
-# original serial, ``retained_from``). Directory snapshots are not carried: their history is
-# built in journal order (a limit: a rebuild after a purge knows only later snapshots).
+# original serial, ``retained_from``).
+#
+# The directory (DIRECTORY_KINDS: WeCom API answers, HR imports, device contact lists) is not
+# carried entry by entry: what it gives is history built in journal order (a rename ends one
+# row where the next begins; a user's department is named by the department list applied
+# before it; an import replaces the one before), which copies met out of order would build
+# otherwise, and every purge would carry every answer ever again. Instead a purge journals one
+# ``directory.snapshot`` per source the purged segments fed (their records' sources: consent
+# and group names also come from messages; and their directory entries' and snapshots'):
+# what the catalog holds of that source's directory then (people with their history, consent,
+# department names, group titles, participants' names: Catalog.directory_state). It comes
+# after the held records' copies (whose participants and conversations it names) and before
+# any tombstone, one for all the segments of a purge, and applying it replaces that state
+# whole: a rebuild that met some, or none, of the shredded entries is set to what the live
+# catalog had, and the entries after it build on it as they did live. A segment holding a
+# snapshot fed its source: purging it takes a newer one.
 CARRIED_KINDS = frozenset({"run.start", "run.end", "cursor", "wechat.census"})
+SNAPSHOT_KIND = "directory.snapshot"
+DIRECTORY_KINDS = frozenset({"wecom.directory", "directory.import", "wechat.directory", SNAPSHOT_KIND})
 
 
 def _carried(kind: str) -> bool:
@@ -292,6 +309,39 @@ def _carry_state(archive, sp: SegmentPlan, apply: ApplyFn) -> int:
     j.sync()
     apply(archive, copies)
     return len(copies)
+
+
+def _fed_sources(archive, sp: SegmentPlan) -> set[str]:
+    """The sources whose directory state the segment fed: those of its records, and of its
+    directory entries and snapshots."""
+    out = set(sp.sources)
+    for e in archive.journal.entries(after=sp.first_serial - 1):
+        if e.serial > sp.last_serial:
+            break
+        if e.kind in DIRECTORY_KINDS and e.meta.get("source"):
+            out.add(e.meta["source"])
+    return out
+
+
+def _snapshot_directory(archive, sources: set[str], segments: list[str], apply: ApplyFn) -> int:
+    """Journal a ``directory.snapshot`` of each source's directory state as the catalog has it
+    now (see CARRIED_KINDS), naming the segments about to be purged; how many (a source of no
+    directory state has none)."""
+    from wxarchive.archive.journal import Entry
+
+    j = archive.journal
+    now = int(time.time() * 1000)
+    snaps = []
+    for src in sorted(sources):
+        state = archive.catalog.directory_state(src)
+        if state is None:
+            continue
+        meta = {"source": src, "segments": segments}
+        data = json.dumps(state, ensure_ascii=False, separators=(",", ":")).encode()
+        snaps.append(Entry(j.append(SNAPSHOT_KIND, meta, data, at=now), now, SNAPSHOT_KIND, meta, data))
+    j.sync()
+    apply(archive, snaps)
+    return len(snaps)
 
 
 def _tombstone(archive, sp: SegmentPlan, retained: list[list[str]]) -> dict[str, Any]:
@@ -332,9 +382,16 @@ def execute_purge(archive, plan: PurgePlan, apply: ApplyFn) -> PurgeResult:
     if archive.catalog.applied_serial() != archive.journal.head_serial:
         raise RetentionError("the catalog lags the journal: catch it up (any ingest or 'wxarchive reindex') and "
                              "plan the purge again")
+    # First, for every segment, what a rebuild needs of it is journaled after it; then one
+    # directory snapshot per source they fed (see CARRIED_KINDS); then the tombstones.
+    fed: set[str] = set()
     for sp in plan.eligible:
         _copy_forward(archive, sp, apply)
         _carry_state(archive, sp, apply)
+        fed |= _fed_sources(archive, sp)
+    if fed:
+        _snapshot_directory(archive, fed, [sp.segment for sp in plan.eligible], apply)
+    for sp in plan.eligible:
         body = _tombstone(archive, sp, sp.held)
         body["signature"] = sign_tombstone(archive.signer, body)
         serial = archive.record_admin_event("admin.purge", body)  # journaled, catalog rows removed

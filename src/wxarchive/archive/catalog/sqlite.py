@@ -101,6 +101,27 @@ def _named(cur, source: str, pid: str) -> bool:
                        "LIMIT 1", (source, pid)).fetchone() is not None
 
 
+# What a directory snapshot (a purge's: archive/retention.py) holds of one source: per table,
+# the columns and which rows. People, consent and group titles whole (consent messages and
+# group messages report some too); of participants, only the names and kinds the directory
+# gave them (their counts are the messages').
+_SNAPSHOT_TABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "people": (("person", "origin", "kind", "name", "alias", "mobile", "mobile_digits", "email", "department",
+                "organisation", "position", "valid_from", "valid_to", "serial"), "ORDER BY row"),
+    "consent": (("external_id", "scope", "status", "changed_at", "checked_at", "serial"), ""),
+    "conversations": (("id", "title"), "AND title IS NOT NULL"),
+    "participants": (("id", "kind", "display_name"), "AND display_name IS NOT NULL"),
+}
+
+
+def _snapshot_part(state: dict[str, Any], table: str) -> tuple[list[str], list[tuple]]:
+    """A snapshot's columns and rows of ``table``, of the columns the catalog knows only."""
+    part = state.get(table) or {}
+    given = list(part.get("columns") or [])
+    keep = [i for i, c in enumerate(given) if c in _SNAPSHOT_TABLES[table][0]]
+    return [given[i] for i in keep], [tuple(row[i] for i in keep) for row in part.get("rows") or []]
+
+
 class CatalogError(Exception):
     """The catalog cannot be opened (e.g. SQLCipher wanted but not installed)."""
 
@@ -236,6 +257,21 @@ class Catalog:
             if limit:
                 q = q.limit(limit)
             return [dict(r._mapping) for r in c.execute(q)]
+
+    def directory_state(self, source: str) -> dict[str, Any] | None:
+        """What the catalog holds of ``source``'s directory (see _SNAPSHOT_TABLES, and its
+        departments), as plain data for a snapshot (``Batch.directory_snapshot``); None: nothing."""
+        state: dict[str, Any] = {}
+        with self.engine.connect() as c:
+            for table, (cols, cond) in _SNAPSHOT_TABLES.items():
+                rows = c.exec_driver_sql(f"SELECT {', '.join(cols)} FROM {table} WHERE source = ? {cond}",
+                                         (source,)).fetchall()
+                state[table] = {"columns": list(cols), "rows": [list(r) for r in rows]}
+            state["departments"] = c.execute(select(s.meta.c.value).where(
+                s.meta.c.key == f"departments:{source}")).scalar()  # the stored text, as it is
+        if state["departments"] is None and not any(state[t]["rows"] for t in _SNAPSHOT_TABLES):
+            return None
+        return state
 
     def media_to_look_again(self, source: str) -> list[dict[str, Any]]:
         """Device media of ``source`` not (fully) archived: missing or failed, only a thumbnail,
@@ -500,6 +536,42 @@ class Batch:
             "serial = excluded.serial WHERE consent.changed_at IS NULL OR "
             "(excluded.changed_at IS NOT NULL AND excluded.changed_at >= consent.changed_at)",
             (source, external_id, scope, status, changed_at, checked_at, serial))
+
+    def directory_snapshot(self, source: str, state: dict[str, Any]) -> None:
+        """Make the catalog's directory of ``source`` what a purge's snapshot of it says (taken
+        just before the purge, by ``Catalog.directory_state``): the entries it was derived from
+        may be shredded since, and a rebuild meets the snapshot instead. People, consent, group
+        titles and participants' names and kinds are set as they were; a participant row is
+        made only for one the APIs or a device named (as ``person`` made it, and a purge keeps it:
+        anyone else's row is their messages')."""
+        self.flush()
+        cur = self.conn.connection.driver_connection.cursor()
+        for table in ("people", "consent"):
+            cols, rows = _snapshot_part(state, table)
+            cur.execute(f"DELETE FROM {table} WHERE source = ?", (source,))
+            cur.executemany(f"INSERT INTO {table} (source, {', '.join(cols)}) VALUES (?{', ?' * len(cols)})",
+                            [(source, *r) for r in rows])
+        cols, rows = _snapshot_part(state, "conversations")
+        cur.execute("UPDATE conversations SET title = NULL WHERE source = ?", (source,))
+        cur.executemany("UPDATE conversations SET title = ? WHERE source = ? AND id = ?",
+                        [(d.get("title"), source, d["id"]) for d in (dict(zip(cols, r)) for r in rows)])
+        cols, rows = _snapshot_part(state, "participants")
+        cur.execute("UPDATE participants SET display_name = NULL WHERE source = ?", (source,))
+        from wxarchive.model import participant_kind
+
+        for d in (dict(zip(cols, r)) for r in rows):
+            kind = d.get("kind") or participant_kind(d["id"], source)
+            cur.execute("UPDATE participants SET kind = ?, display_name = ? WHERE source = ? AND id = ?",
+                        (kind, d.get("display_name"), source, d["id"]))
+            if cur.rowcount == 0 and _named(cur, source, d["id"]):
+                cur.execute("INSERT INTO participants (source, id, kind, display_name, message_count) "
+                            "VALUES (?, ?, ?, ?, 0)", (source, d["id"], kind, d.get("display_name")))
+        key = f"departments:{source}"
+        if state.get("departments") is None:
+            cur.execute("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            cur.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                        "value = excluded.value", (key, state["departments"]))
 
     def _consent_messages(self, msgs: list[tuple[Message, int]]) -> None:
         """Agree / disagree messages are consent reports of their own (case P4)."""
