@@ -591,3 +591,30 @@ def test_a_purge_carries_a_devices_contacts_a_rebuild_needs(tmp_path, monkeypatc
         assert f"{next(iter(then))} (wxid_client01)" in shown and f"{new} (wxid_client01)" not in shown, state
         with Archive.open(home) as ar:
             reindex(ar)
+
+
+def test_the_recall_of_a_held_message_is_held_with_it(home):
+    """A hold on a message's text matches the message, not its recall (which has no text): the
+    recall is kept anyway, so the original stays marked recalled, live and rebuilt."""
+    from wxarchive.ingest import reindex
+
+    everything = _search(home)
+    recalled = {m: r for m, r in everything.items() if r["recalled_by"] and len(r["text"] or "") >= 4}
+    assert recalled, "the session tenant has recalled messages with text"
+    msgid, original = sorted(recalled.items())[0]
+    needle = original["text"][:4]
+    recall_id = original["recalled_by"]
+    assert recall_id in everything and needle not in (everything[recall_id]["text"] or "")
+    assert _cli(home, "hold", "create", "R-1", "--reason", "recalled quote", "--text", needle).returncode == 0
+    done = _cli(home, "purge", "--execute", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"]["records_purged"] > 0
+    after = _search(home)
+    assert after[msgid]["recalled_by"] == recall_id  # still marked, live
+    assert recall_id in after  # the recall itself kept
+    with Archive.open(home) as ar:
+        dump = _catalog_dump(ar.catalog.engine)
+        reindex(ar)
+        assert _catalog_dump(ar.catalog.engine) == dump  # and rebuilt
+    deep = _cli(home, "verify", "--deep")
+    assert deep.returncode == 0, deep.stdout

@@ -132,13 +132,23 @@ def _hold_sql(filters: dict[str, Any]) -> tuple[str, list[Any]]:
 
 
 def held_in_range(con, first: int, last: int) -> list[list[str]]:
-    """[source, msgid] of messages derived from journal entries first..last under an active hold."""
+    """[source, msgid] of messages derived from journal entries first..last under an active hold,
+    and of the recalls of held messages: that a held message was recalled, and by whom and when,
+    is part of its record (a hold's filters would match the recall itself only by chance: it has
+    no text, and WeChat's system recall no sender)."""
     out: set[tuple[str, str]] = set()
+    in_range = "(m.serial BETWEEN ? AND ? OR m.raw_serial BETWEEN ? AND ?)"
     for hold in active_holds(con):
         where, args = _hold_sql(hold["filters"])
         for src, msgid in con.execute(
-                f"SELECT m.source, m.msgid FROM messages m WHERE (m.serial BETWEEN ? AND ? OR m.raw_serial "
-                f"BETWEEN ? AND ?) AND {where}", [first, last, first, last, *args]):
+                f"SELECT m.source, m.msgid FROM messages m WHERE {in_range} AND {where}",
+                [first, last, first, last, *args]):
+            out.add((src, msgid))
+        # ``where`` speaks of ``m``: here the held original, whose recall ``r`` is in the range
+        for src, msgid in con.execute(
+                f"SELECT r.source, r.msgid FROM messages r JOIN messages m ON m.source = r.source "
+                f"AND m.msgid = r.recalls WHERE {in_range.replace('m.', 'r.')} AND {where}",
+                [first, last, first, last, *args]):
             out.add((src, msgid))
     return sorted([list(k) for k in out])
 
