@@ -168,3 +168,25 @@ def test_a_power_loss_tail_is_cut_kept_and_journaled_and_the_archive_verifies(ho
         assert "admin.journal.repair" in [ev.action for ev in ar.access_log().events()]
     report = verify_archive(home, master, archive_id, blobs=False, catalog=False)  # the fixture catalogues nothing
     assert report.ok, report.problems
+
+
+def test_a_damaged_length_field_is_reported_and_never_cut(home):
+    """One flipped byte in entry 1's length makes it look like an incomplete final frame with
+    everything after it: verify must report it, and a writer must refuse rather than cut."""
+    from wxarchive.archive.journal import iter_frames
+    from wxarchive.archive.verify import verify_archive
+
+    with Archive.open(home, readonly=True) as ar:
+        seg = ar.journal.segments()[-1]
+        archive_id, master = ar.archive_id, ar.master
+    first = next(fr for fr in iter_frames(seg) if not isinstance(fr, tuple))
+    raw = bytearray(seg.read_bytes())
+    raw[first.offset] = 0xFF
+    seg.write_bytes(bytes(raw))
+    report = verify_archive(home, master, archive_id, blobs=False, catalog=False)
+    assert not report.ok
+    assert (report.problems[0].detail, report.problems[0].serial, report.problems[0].offset) == (
+        "frame length damaged: whole entries follow it", 1, first.offset)
+    with pytest.raises(JournalError, match=r"entry 1 \(a checkpoint or the catalog relies on it\)"):
+        Archive.open(home)
+    assert seg.read_bytes() == bytes(raw) and not (home / "journal" / "torn").exists()

@@ -195,3 +195,30 @@ def test_an_access_log_cut_back_and_re_signed_is_caught_by_the_anchor(home):
     assert bad.returncode == 1
     assert (f"vouches for access-log entry {cp['audit_serial']} but the log ends at {cp['audit_serial'] - 1} "
             "(entries removed)") in bad.stdout
+
+
+def test_a_reader_never_cuts_access_log_entries_its_signed_head_vouches_for(home):
+    """A damaged length field in the access log looks like a torn tail: the reader appending its
+    read must refuse (the signed head covers those entries), not cut them."""
+    for args in (("status",), ("status",), ("search", "合同")):
+        assert _cli(home, *args).returncode == 0
+    seg = sorted((home / "audit").glob("seg-*.wxj"))[-1]
+    first = next(fr for fr in iter_frames(seg) if not isinstance(fr, tuple))
+    raw = bytearray(seg.read_bytes())
+    raw[first.offset] = 0xFF
+    seg.write_bytes(bytes(raw))
+    done = _cli(home, "status")
+    assert done.returncode == 2 and "refusing to show results" in done.stderr and "Traceback" not in done.stderr
+    assert seg.read_bytes() == bytes(raw) and not (home / "audit" / "torn").exists()
+
+
+def test_a_torn_access_log_tail_is_cut_kept_and_said_in_the_log(home):
+    assert _cli(home, "status").returncode == 0
+    seg = sorted((home / "audit").glob("seg-*.wxj"))[-1]
+    seg.write_bytes(seg.read_bytes() + b"\x00\x00\x01\x00partial frame of a reader killed mid-append")
+    assert _cli(home, "status").returncode == 0
+    events = _events(home)
+    repair = [e for e in events if e["action"] == "audit.repair"]
+    assert len(repair) == 1 and repair[0]["query"]["reason"] == "incomplete final frame"
+    assert (home / "audit" / repair[0]["query"]["kept"]).exists()
+    assert [e["action"] for e in events][-2:] == ["audit.repair", "status"]

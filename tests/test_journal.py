@@ -269,3 +269,57 @@ def test_a_damaged_frame_with_written_frames_after_it_is_refused_not_cut(tmp_pat
     with pytest.raises(JournalError, match="breaks the chain"):
         Journal.open(tmp_path, master, durable_floor=0)
     assert seg.read_bytes() == bytes(raw)
+
+
+@pytest.mark.parametrize("entry", [0, 4])
+def test_a_damaged_length_field_is_refused_not_cut_as_a_tear(tmp_path, master, entry):
+    """A length field made too large (or zero) looks like an incomplete final frame; the whole
+    frames after it show it is not one."""
+    with Journal.open(tmp_path, master) as j:
+        _fill(j, 10)
+    seg = j.segments()[-1]
+    frames = [fr for fr in iter_frames(seg) if not isinstance(fr, tuple)]
+    for damage in (b"\xff", b"\x00\x00\x00\x00"):
+        raw = bytearray(seg.read_bytes())
+        raw[frames[entry].offset : frames[entry].offset + len(damage)] = damage
+        seg.write_bytes(bytes(raw))
+        with pytest.raises(JournalError, match=rf"entry {entry + 1} \(entries that were written follow it\) "
+                                               r"at offset \d+ breaks the chain"):
+            Journal.open(tmp_path, master)
+        assert seg.read_bytes() == bytes(raw) and not (tmp_path / "torn").exists()
+
+
+def test_a_newest_segment_whose_header_was_never_completed_is_set_aside(tmp_path, master, monkeypatch):
+    monkeypatch.setattr(jmod, "SEGMENT_BYTES", 2048)
+    with Journal.open(tmp_path, master) as j:
+        payloads = _fill(j, 30)
+    head = j.head_serial
+    for stub in (b"WXJ1\x00", b"", b"WXJ1\x00\x00\x00\x40{\"segment\": \"seg-"):
+        seg = tmp_path / f"seg-{head + 1:012d}.wxj"  # a crash while starting the next segment
+        seg.write_bytes(stub)
+        j = Journal.open(tmp_path, master)
+        assert j.head_serial == head and not seg.exists()
+        if stub:
+            assert (j.repair["reason"], j.repair["bytes"], j.repair["offset"]) == (
+                "segment header never completed", len(stub), 0)
+            assert (tmp_path / j.repair["kept"]).read_bytes() == stub
+        else:
+            assert j.repair is None  # an empty file: nothing to keep
+        j.close()
+    j = Journal.open(tmp_path, master)
+    j.append("test.record", {"source": "s", "key": "next"}, b"n")
+    j.sync()
+    j.close()
+    assert [e.data for e in Journal.open(tmp_path, master).entries()] == payloads + [b"n"]
+    assert _walk_chain(Journal.open(tmp_path, master)) == head + 1
+
+
+def test_a_large_garbage_tail_is_cut_in_one_pass(tmp_path, master):
+    with Journal.open(tmp_path, master) as j:
+        payloads = _fill(j, 5)
+    seg = j.segments()[-1]
+    garbage = (200).to_bytes(4, "big") + os.urandom(4 << 20)
+    seg.write_bytes(seg.read_bytes() + garbage)
+    j = Journal.open(tmp_path, master)
+    assert j.head_serial == 5 and j.repair["bytes"] == len(garbage)
+    assert [e.data for e in j.entries()] == payloads

@@ -105,11 +105,15 @@ class AccessLog:
                              f"({e.strerror or e.__class__.__name__}); refusing to show results") from None
         try:
             _lock(fd, self.dir)
-            journal = Journal.open(self.dir, self.master)
+            # a torn tail may be cut only above what the signed head vouches for
+            journal = Journal.open(self.dir, self.master, durable_floor=self._head_hint())
             journal.segment_bytes = SEGMENT_BYTES
             try:
                 signer = Signer.load(self.home / "keys", self.master)
                 self._check_head(journal, signer)
+                if journal.repair is not None:  # said in the log itself, before this access
+                    journal.append(EVENT_KIND, {**meta, "action": "audit.repair", "query": journal.repair,
+                                                "results": None, "files": []})
                 serial = journal.append(EVENT_KIND, meta)
                 journal.sync()
                 self._sign_head(journal, signer)
@@ -121,6 +125,13 @@ class AccessLog:
         finally:
             os.close(fd)
         return serial
+
+    def _head_hint(self) -> int:
+        """The serial the signed head names (0 if none can be read): a floor, not a proof."""
+        try:
+            return read_checkpoint(self.dir / "head.json").serial
+        except CheckpointError:
+            return 0
 
     def _check_head(self, journal: Journal, signer: Signer | None) -> None:
         """Never append after a cut or an edit: the next signed head would hide it."""

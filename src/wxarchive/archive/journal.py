@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -160,14 +161,29 @@ def chain_hash(prev: bytes, head: bytes, nonce: bytes, ciphertext: bytes) -> byt
 
 
 def read_segment_header(f) -> dict[str, Any]:
+    """A segment's JSON header (JournalError, naming the file, when it is not a whole one)."""
+    name = Path(str(f.name)).name
     magic = f.read(4)
     if magic != MAGIC:
-        raise JournalError(f"{f.name}: not a journal segment (bad magic)")
-    (n,) = _U32.unpack(f.read(4))
-    return json.loads(f.read(n))
+        raise JournalError(f"{name}: not a journal segment (bad magic)")
+    size = f.read(4)
+    if len(size) < 4:
+        raise JournalError(f"{name}: segment header cut short")
+    (n,) = _U32.unpack(size)
+    raw = f.read(n) if n <= _MAX_HEADER else b""
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict) or not isinstance(header.get("first_serial"), int) \
+                or not isinstance(header.get("prev_hash"), str):
+            raise ValueError
+        bytes.fromhex(header["prev_hash"])
+    except ValueError:
+        raise JournalError(f"{name}: segment header cut short or not a segment header") from None
+    return header
 
 
 _MIN_BODY = HEAD.size + 12 + 16 + 32
+_MAX_HEADER = 1 << 16  # a segment header is ~200 bytes of JSON
 _READ_CHUNK = 4 << 20
 
 
@@ -214,6 +230,37 @@ def iter_frames(path: Path) -> Iterator[Frame | tuple[str, int]]:
         hl = HEAD.size + klen
         yield Frame(serial, t, body[HEAD.size : hl].decode("ascii", "replace"), body[:hl],
                     body[hl : hl + 12], body[hl + 12 : -32], body[-32:], path, offset)
+
+
+# A frame's head as bytes: serial (u64, below 2**40), time in ms (u64, below 2**48), kind length
+# (u16, 1-127): zeros and random bytes match it almost never, so candidates are few.
+_HEAD_SHAPE = re.compile(rb"\x00\x00\x00.{5}\x00\x00.{6}\x00[\x01-\x7f]", re.DOTALL)
+
+
+def frames_follow(tail: bytes, serial: int, aead: AESGCM) -> bool:
+    """Whether ``tail`` (bytes of a segment, from some offset to its end) holds a whole frame of
+    entry ``serial`` or a later one that decrypts under ``aead``: written entries, which a
+    damaged frame before them must not get cut off with. One pass over the bytes."""
+    highest = serial + len(tail) // (4 + _MIN_BODY)
+    if highest >= 1 << 40:  # beyond _HEAD_SHAPE: test every offset
+        starts: Iterable[int] = range(4, len(tail))
+    else:
+        starts = (m.start() for m in _HEAD_SHAPE.finditer(tail, 4))
+    for pos in starts:
+        s = int.from_bytes(tail[pos : pos + 8], "big")
+        if not serial <= s <= highest:
+            continue
+        n = _U32.unpack_from(tail, pos - 4)[0]
+        body = tail[pos : pos + n]
+        if n < _MIN_BODY or len(body) < n:
+            continue
+        hl = HEAD.size + HEAD.unpack_from(body)[2]
+        try:
+            aead.decrypt(body[hl : hl + 12], body[hl + 12 : -32], body[:hl])
+            return True
+        except (InvalidTag, ValueError):
+            continue
+    return False
 
 
 class Journal:
@@ -280,19 +327,33 @@ class Journal:
     def _recover(self, floor: int = 0) -> None:
         """Find the head; cut a torn tail off the newest segment.
 
-        A crash mid-write leaves an incomplete final frame: it is cut. A power loss can also
-        leave complete-length frames whose bytes never reached the disk (zeros, stale sectors),
-        which fail the chain: they are cut too, but only when all of these hold: the first bad
-        frame is above ``floor`` (nothing outside the journal relied on it), and nothing from
-        it to the end of the file is a frame that decrypts under the segment's key (garbage
-        cannot pass AES-GCM; written data would). The bytes cut are kept in ``torn/`` and
-        described in ``self.repair`` for the archive to journal. Otherwise: JournalError."""
+        A crash mid-write leaves an incomplete final frame; a power loss can also leave
+        complete-length frames whose bytes never reached the disk (zeros, stale sectors), which
+        fail the chain. Either is cut, but only when both hold: the first entry lost is above
+        ``floor`` (nothing outside the journal relied on it), and nothing from it to the end of
+        the file is a frame that decrypts under the segment's key (garbage cannot pass AES-GCM;
+        written data would: a damaged length field must not pass for a tear). A newest segment
+        whose header was never completely written (a crash while starting it) is set aside the
+        same way. The bytes cut are kept in ``torn/`` and described in ``self.repair`` for the
+        archive to journal. Anything else: JournalError, for ``wxarchive verify`` to report."""
         segs = self.segments()
         if not segs:
             return
         last = segs[-1]
-        with open(last, "rb") as f:
-            header = read_segment_header(f)
+        try:
+            with open(last, "rb") as f:
+                header = read_segment_header(f)
+        except JournalError:
+            if last.stat().st_size > 8 + _MAX_HEADER:
+                raise
+            # Only a segment start that died: nothing is appended before its header is synced.
+            self.repair = self._cut(last, 0, int(last.stem.split("-")[1]) - 1, "segment header never completed")
+            last.unlink()
+            fsync_dir(self.dir)
+            repair = self.repair
+            self._recover(floor)
+            self.repair = self.repair or repair
+            return
         prev = bytes.fromhex(header["prev_hash"])
         serial = header["first_serial"] - 1
         cut_at, reason = None, ""
@@ -301,44 +362,31 @@ class Journal:
                 cut_at, reason = fr[1], "incomplete final frame"
                 break
             if fr.serial != serial + 1 or chain_hash(prev, fr.head, fr.nonce, fr.ciphertext) != fr.hash:
-                if serial + 1 <= floor or self._written_after(last, fr.offset, serial + 1):
-                    raise JournalError(
-                        f"{last.name}: entry at offset {fr.offset} breaks the chain; run 'wxarchive verify'"
-                    )
                 cut_at, reason = fr.offset, f"entry {serial + 1} and after fail the chain (never durable: torn)"
                 break
             serial, prev = fr.serial, fr.hash
         if cut_at is not None:
+            why = "a checkpoint or the catalog relies on it" if serial + 1 <= floor else \
+                "entries that were written follow it" if self._written_after(last, cut_at, serial + 1) else ""
+            if why:
+                raise JournalError(f"{last.name}: entry {serial + 1} ({why}) at offset {cut_at} breaks the chain; "
+                                   "run 'wxarchive verify'")
             # Nothing from ``cut_at`` on was ever relied on; its bytes are kept for forensics.
             self.repair = self._cut(last, cut_at, serial, reason)
         self.head_serial, self.head_hash = serial, prev
         self._synced = serial
 
     def _written_after(self, segment: Path, offset: int, serial: int) -> bool:
-        """Whether any frame of entry ``serial`` or later starts at or after ``offset`` of
-        ``segment`` and decrypts (searched for by its serial's bytes)."""
+        """Whether a frame of entry ``serial`` or later starts at or after ``offset`` of
+        ``segment`` and decrypts (True too when there is no key to tell)."""
         with open(segment, "rb") as f:
             f.seek(offset)
             tail = f.read()
         try:
             aead = self._segment_aead(segment)
         except JournalError:
-            return True  # no key to tell: treat as written (refuse)
-        # Each serial from ``serial`` up to what the tail could hold at the smallest frame size.
-        for s in range(serial, serial + len(tail) // (4 + _MIN_BODY) + 1):
-            needle, pos = s.to_bytes(8, "big"), 4
-            while (pos := tail.find(needle, pos)) != -1:
-                n = _U32.unpack_from(tail, pos - 4)[0]
-                body = tail[pos : pos + n]
-                if len(body) == n >= _MIN_BODY:
-                    hl = HEAD.size + HEAD.unpack_from(body)[2]
-                    try:
-                        aead.decrypt(body[hl : hl + 12], body[hl + 12 : -32], body[:hl])
-                        return True
-                    except (InvalidTag, ValueError):
-                        pass
-                pos += 1
-        return False
+            return True
+        return frames_follow(tail, serial, aead)
 
     def _cut(self, segment: Path, offset: int, serial: int, reason: str) -> dict[str, Any] | None:
         """Keep ``segment``'s bytes from ``offset`` in ``torn/`` (if any), then truncate it there."""
@@ -349,6 +397,9 @@ class Journal:
                 return None
             kept = self.dir / "torn" / f"{segment.stem}-{offset:012d}.bin"
             kept.parent.mkdir(exist_ok=True)
+            n = 1
+            while kept.exists():  # cut at the same place before: keep both
+                kept, n = kept.with_name(f"{segment.stem}-{offset:012d}-{n}.bin"), n + 1
             with open(kept, "wb") as out:
                 out.write(rest)
                 out.flush()

@@ -54,6 +54,7 @@ from wxarchive.archive.journal import (
     HEAD,
     JournalError,
     decode_meta,
+    frames_follow,
     iter_bodies,
     read_segment_header,
 )
@@ -179,6 +180,16 @@ class _SegmentResult:
     next_serial: int
 
 
+def _written_after(t: _SegmentTask, offset: int, serial: int) -> bool:
+    """Whether whole entries (``serial`` on) that decrypt follow ``offset`` of the segment: then
+    what looks like an incomplete final frame is a damaged length field (True without a key)."""
+    if t.key is None:
+        return True
+    with open(t.path, "rb") as f:
+        f.seek(offset)
+        return frames_follow(f.read(), serial, AESGCM(t.key))
+
+
 def _check_segment(t: _SegmentTask) -> _SegmentResult:
     """Check every frame of one segment: serial, chain hash, GCM tag, metadata. The hot loop of
     verify, written flat (one pass over large reads, no per-frame objects but the _Seen wanted)."""
@@ -194,9 +205,11 @@ def _check_segment(t: _SegmentTask) -> _SegmentResult:
     prev, expected, entries = t.prev, t.first, 0
     for offset, body in iter_bodies(t.path):
         if isinstance(offset, str):
-            if t.last_segment:
+            if t.last_segment and not _written_after(t, body, expected):
                 notes.append(f"{name}: incomplete final frame at offset {body} "
                              "(a crash mid-write; cut off at the next open)")
+            elif t.last_segment:
+                add(Problem("journal", name, "frame length damaged: whole entries follow it", expected, body))
             else:
                 add(Problem("journal", name, "truncated frame inside the journal", offset=body))
             break
