@@ -222,3 +222,30 @@ def test_a_torn_access_log_tail_is_cut_kept_and_said_in_the_log(home):
     assert len(repair) == 1 and repair[0]["query"]["reason"] == "incomplete final frame"
     assert (home / "audit" / repair[0]["query"]["kept"]).exists()
     assert [e["action"] for e in events][-2:] == ["audit.repair", "status"]
+
+
+def test_an_export_that_cannot_be_recorded_leaves_no_file(home, tmp_path, monkeypatch):
+    assert _cli(home, "status").returncode == 0  # the log exists, signed
+    (home / "audit" / "head.json").unlink()  # now it can no longer be appended to
+    out = tmp_path / "out"
+    done = _cli(home, "export", "--format", "csv", "--out", str(out))
+    assert done.returncode == 2 and "refusing to show results" in done.stderr
+    assert not out.exists()  # refused before any file was written
+    # and when the record fails only after the files are written, they are removed
+    from wxarchive.archive import audit
+
+    ok = tmp_path / "ok"
+    calls = []
+
+    def fail_second(self, *a, **k):
+        calls.append(1)
+        raise audit.AuditError("audit log: disk full; refusing to show results")
+
+    from typer.testing import CliRunner
+
+    from wxarchive import cli
+
+    monkeypatch.setattr(audit.AccessLog, "check", lambda self: None)
+    monkeypatch.setattr(audit.AccessLog, "record", fail_second)
+    res = CliRunner().invoke(cli.app, ["--home", str(home), "export", "--format", "jsonl", "--out", str(ok)])
+    assert res.exit_code != 0 and calls and not ok.exists()

@@ -1331,6 +1331,7 @@ def export_cmd(
         fail(f"--per {per!r}: use 'day' or 'message'")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
+    from wxarchive.archive.audit import AuditError
     from wxarchive.export.manifest import ExportError
 
     archive, settings = _open_archive(readonly=True)
@@ -1347,6 +1348,8 @@ def export_cmd(
 
         _warn_unknown_names(archive.catalog.engine, q)
         count(archive.catalog.engine, q)  # a query that cannot run fails here, before any folder is made
+        archive.access_log().check()  # and an export that could not be recorded, before any file is written
+        existed = out_dir.exists()
         with Progress(f"exporting {fmt}", BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
             task = bar.add_task("export", total=None)
 
@@ -1392,11 +1395,26 @@ def export_cmd(
                 fail(str(e))
             except OSError as e:
                 fail(f"--out {out_dir}: cannot write {e.filename or ''} ({e.strerror or e.__class__.__name__})")
-        archive.access_log().record("export", query={**query, "format": fmt, "out": str(out_dir)},
-                                    results=messages, files=files)
+        try:
+            archive.access_log().record("export", query={**query, "format": fmt, "out": str(out_dir)},
+                                        results=messages, files=files)
+        except AuditError:
+            _remove_export(out_dir, existed)  # fail closed: no unrecorded copy of the messages is left
+            raise
     finally:
         archive.close()
     out.print(f"exported {summary} to {out_dir}; see manifest.json", highlight=False)
+
+
+def _remove_export(out_dir: Path, existed: bool) -> None:
+    """Delete what an export wrote (it writes only into a new or empty folder)."""
+    import shutil
+
+    if not existed:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return
+    for p in out_dir.iterdir():
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 @app.command("journal")

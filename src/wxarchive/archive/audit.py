@@ -94,9 +94,25 @@ class AccessLog:
     def record(self, action: str, *, query: dict[str, Any] | None = None, results: int | None = None,
                files: list[dict[str, Any]] | None = None) -> int:
         """Append one event durably and sign the new head; its serial. Raises AuditError."""
-        meta = {"who": current_user(), "on_behalf_of": os.environ.get("WXARCHIVE_ON_BEHALF_OF") or None,
-                "action": action, "query": query or {}, "results": results, "files": files or [],
-                "host": socket.gethostname(), "pid": os.getpid()}
+        meta = {**self._who(), "action": action, "query": query or {}, "results": results, "files": files or []}
+
+        def append(journal: Journal, signer: Signer | None) -> int:
+            serial = journal.append(EVENT_KIND, meta)
+            journal.sync()
+            self._sign_head(journal, signer)
+            return serial
+
+        return self._locked(append, meta)
+
+    def check(self) -> None:
+        """AuditError now if an access could not be recorded (a log that does not match its
+        signed head, or cannot be opened): for work whose record can only be made after it
+        (an export writes its files first), so that it is refused before it starts."""
+        self._locked(lambda journal, signer: None, None)
+
+    def _locked(self, fn, meta: dict[str, Any] | None):
+        """``fn(journal, signer)`` under the append lock, on the log opened for appending and
+        checked against its signed head (a torn tail above it cut, and said in the log)."""
         try:
             self.dir.mkdir(mode=0o700, exist_ok=True)
             fd = os.open(self.dir / "append.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -112,11 +128,11 @@ class AccessLog:
                 signer = Signer.load(self.home / "keys", self.master)
                 self._check_head(journal, signer)
                 if journal.repair is not None:  # said in the log itself, before this access
-                    journal.append(EVENT_KIND, {**meta, "action": "audit.repair", "query": journal.repair,
-                                                "results": None, "files": []})
-                serial = journal.append(EVENT_KIND, meta)
-                journal.sync()
-                self._sign_head(journal, signer)
+                    journal.append(EVENT_KIND, {**(meta or self._who()), "action": "audit.repair",
+                                                "query": journal.repair, "results": None, "files": []})
+                    journal.sync()
+                    self._sign_head(journal, signer)
+                return fn(journal, signer)
             finally:
                 journal.close()
         except (OSError, JournalError, CheckpointError) as e:
@@ -124,7 +140,10 @@ class AccessLog:
                              "refusing to show results") from None
         finally:
             os.close(fd)
-        return serial
+
+    def _who(self) -> dict[str, Any]:
+        return {"who": current_user(), "on_behalf_of": os.environ.get("WXARCHIVE_ON_BEHALF_OF") or None,
+                "host": socket.gethostname(), "pid": os.getpid()}
 
     def _head_hint(self) -> int:
         """The serial the signed head names (0 if none can be read): a floor, not a proof."""
