@@ -67,9 +67,13 @@ def test_a_deleted_or_emptied_catalog_is_reported(home):
     for p in home.glob("catalog.db*"):
         p.unlink()
     assert "catalog.db: missing" in _cli(home, "verify", "--no-blobs").stdout
-    assert _cli(home, "status").returncode == 0  # a reader recreates it empty ...
-    bad = _cli(home, "verify", "--no-blobs")
-    assert bad.returncode == 1 and "reflects none of the journal" in bad.stdout  # ... which is still reported
+    for args in (("status",), ("search", "--count"), ("hold", "list"), ("export", "--format", "csv", "--out",
+                                                                         str(home.parent / "never"))):
+        refused = _cli(home, *args)  # a reader makes no empty catalog to answer "0 messages" from
+        assert refused.returncode == 2 and "no catalog" in refused.stderr and "wxarchive reindex" in refused.stderr
+    assert not (home / "catalog.db").exists() and not (home.parent / "never").exists()
+    (home / "catalog.db").write_bytes(b"")  # emptied
+    assert "not a catalog (no schema revision)" in _clean(_cli(home, "status"))
     assert _cli(home, "reindex").returncode == 0
     assert _cli(home, "verify").returncode == 0
     (home / "catalog.db").write_bytes(b"garbage" * 100)

@@ -66,3 +66,33 @@ def test_a_reader_names_a_newer_catalog(tmp_path):
         db.execute("UPDATE alembic_version SET version_num = '0099'")
     with pytest.raises(CatalogError, match="revision 0099, this wxarchive uses 0005: .*newer wxarchive"):
         Archive.open(home, readonly=True)
+
+
+@pytest.mark.parametrize("damage", ["missing", "no revision table", "unknown revision", "empty revision"])
+def test_odd_catalogs_are_clear_errors_for_readers_and_writers(tmp_path, damage):
+    """A reader never answers from a catalog it would have to make (it would look like an empty
+    archive); a writer makes or migrates one, or names a revision it does not know."""
+    home = tmp_path / "home"
+    with Archive.open(home, create=True):
+        pass
+    db = home / "catalog.db"
+    if damage == "missing":
+        for p in home.glob("catalog.db*"):
+            p.unlink()
+    else:
+        with sqlite3.connect(db) as con:
+            if damage == "no revision table":
+                con.execute("DROP TABLE alembic_version")
+            else:
+                con.execute("UPDATE alembic_version SET version_num = ?", ("zzzz" if damage == "unknown revision" else "",))
+    with pytest.raises(CatalogError, match="run 'wxarchive reindex'|run a command that writes"):
+        Archive.open(home, readonly=True)
+    assert db.exists() == (damage != "missing")  # the reader made nothing
+    if damage in ("unknown revision", "empty revision"):
+        with pytest.raises(CatalogError, match=r"revision '(zzzz)?' is unknown to this wxarchive.*move it aside"):
+            Archive.open(home)
+    else:
+        with Archive.open(home):  # a writer makes or migrates one
+            pass
+        with Archive.open(home, readonly=True) as ar:
+            assert migrate.current(ar.catalog.engine) == migrate.HEAD

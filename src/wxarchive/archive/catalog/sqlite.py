@@ -163,6 +163,9 @@ class Catalog:
         """Open (creating and migrating as needed) the catalog; ``key``: SQLCipher-encrypted.
         ``readonly`` (a reader, which holds no writer lock): an existing catalog of another
         schema revision is refused (CatalogError) rather than migrated beside a running writer."""
+        if readonly and not path.exists():
+            raise CatalogError(f"{path}: no catalog (a reader makes none: it would answer as an empty archive); "
+                               "run 'wxarchive reindex' to rebuild it from the journal")
         if key is None:
             engine = create_engine(f"sqlite:///{path}")
         else:
@@ -176,6 +179,10 @@ class Catalog:
 
         try:
             rev = current(engine) if path.exists() else None
+            if readonly and rev is None:
+                engine.dispose()
+                raise CatalogError(f"{path}: not a catalog (no schema revision); move it aside and run "
+                                   "'wxarchive reindex' to rebuild it from the journal")
             if rev != HEAD:
                 if readonly and rev is not None:
                     engine.dispose()
@@ -183,7 +190,15 @@ class Catalog:
                         f"{path}: catalog schema revision {rev}, this wxarchive uses {HEAD}: run a command "
                         "that writes (an ingest, 'wxarchive checkpoint' or 'wxarchive reindex') once to "
                         + ("migrate it" if rev < HEAD else "match it (or use the newer wxarchive that wrote it)"))
-                upgrade(engine)
+                try:
+                    upgrade(engine)
+                except DatabaseError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - Alembic's CommandError, or its assertion on a bad id
+                    engine.dispose()
+                    raise CatalogError(f"{path}: catalog schema revision {rev!r} is unknown to this wxarchive "
+                                       f"({e.__class__.__name__}); move it aside and run 'wxarchive reindex' "
+                                       "to rebuild it from the journal") from None
         except DatabaseError as e:
             engine.dispose()
             raise CatalogError(f"{path}: not a usable catalog ({e.orig}); move it aside and run 'wxarchive reindex' "
