@@ -618,3 +618,28 @@ def test_the_recall_of_a_held_message_is_held_with_it(home):
         assert _catalog_dump(ar.catalog.engine) == dump  # and rebuilt
     deep = _cli(home, "verify", "--deep")
     assert deep.returncode == 0, deep.stdout
+
+
+def test_a_hold_means_whoever_a_search_means(home):
+    """A hold on a person holds what a search for them finds: --participant (sent or received)
+    for a custodian, and names the directory knows, not only the display name; a name nobody
+    has is refused rather than placed as a hold on nothing."""
+    who = _top_sender(home)
+    everything = _search(home)
+    theirs = set(_search(home, "--participant", who))
+    sent = set(_search(home, "--sender", who))
+    assert sent < theirs  # they received messages too
+    done = _cli(home, "hold", "create", "C-1", "--reason", "custodian", "--participant", who)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(theirs)} message(s) match now" in done.stdout
+    typo = _cli(home, "hold", "create", "C-2", "--reason", "typo", "--sender", who + "x")
+    assert typo.returncode == 2 and "a hold on it would hold nothing" in typo.stderr
+    empty = _cli(home, "hold", "create", "C-3", "--reason", "empty", "--conversation", " ")
+    assert empty.returncode == 2 and "--conversation ''" in empty.stderr
+    assert [h["name"] for h in map(json.loads, _cli(home, "hold", "list", "--json").stdout.splitlines())] == ["C-1"]
+    done = _cli(home, "purge", "--execute", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"]["records_purged"] > 0
+    after = _search(home)
+    assert all(after.get(m) == everything[m] for m in theirs)  # sent and received alike
+    _verify_ok(home)

@@ -1107,7 +1107,10 @@ def keys_public_cmd() -> None:
 def hold_create_cmd(
     name: str = typer.Argument(..., help="A unique name, e.g. a matter number."),
     reason: str = typer.Option(..., "--reason", help="Why (matter, regulator request, ...)."),
-    sender: Optional[str] = typer.Option(None, "--sender", help="Only messages from this sender (id or name)."),
+    sender: Optional[str] = typer.Option(None, "--sender", help="Only messages from this person (id, name, "
+                                                                "past name, e-mail or mobile, as in search)."),
+    participant: Optional[str] = typer.Option(None, "--participant", help="Only messages this person sent or "
+                                                                          "received (a custodian's hold)."),
     conversation: Optional[str] = typer.Option(None, "--conversation", help="Only this conversation (id or group name)."),
     since: Optional[str] = typer.Option(None, "--since", help="Only messages sent from this date/time."),
     until: Optional[str] = typer.Option(None, "--until", help="Only messages sent up to this date (inclusive)."),
@@ -1115,17 +1118,22 @@ def hold_create_cmd(
 ) -> None:
     """Place a legal hold (no filter: the whole archive)."""
     from wxarchive.archive.retention import count_held
-    from wxarchive.search.query import parse_when
+    from wxarchive.search.query import Query, parse_when, unknown_names
 
     if not name.strip() or not reason.strip():
         fail("a hold needs a name and a reason (both non-empty)")
-    if text is not None and not text:
-        fail("--text '': give the text the held messages contain, or leave the option out")
+    for flag, value in (("--text", text), ("--sender", sender), ("--participant", participant),
+                        ("--conversation", conversation)):
+        if value is not None and not value.strip():
+            fail(f"{flag} '': give what the held messages have, or leave the option out")
 
     archive, settings = _open_archive()
     try:
         tz = settings.timezone
-        filters = {"sender": sender, "conversation": conversation, "text": text,
+        unknown = unknown_names(archive.catalog.engine, Query(sender=sender, participant=participant))
+        if unknown:  # a typo here would hold nothing while it looks in force
+            fail(f"{unknown[0]}: a hold on it would hold nothing (check the spelling, or 'wxarchive directory')")
+        filters = {"sender": sender, "participant": participant, "conversation": conversation, "text": text,
                    "since": parse_when(since, tz) if since else None,
                    "until": parse_when(until, tz, end=True) if until else None}
         filters = {k: v for k, v in filters.items() if v is not None}
@@ -1144,6 +1152,8 @@ def hold_create_cmd(
         archive.close()
     out.print(f"hold {name!r} placed (journal entry {serial}): {n} message(s) match now; "
               "records captured later that match are held too", highlight=False)
+    if n == 0:
+        err.print("warning: no archived message matches this hold yet", highlight=False)
 
 
 @hold_app.command("list")

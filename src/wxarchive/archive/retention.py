@@ -112,10 +112,18 @@ def active_holds(con) -> list[dict[str, Any]]:
 
 def _hold_sql(filters: dict[str, Any]) -> tuple[str, list[Any]]:
     """SQL over ``messages m`` matching a hold's filters (substring text: no index, no misses)."""
+    from wxarchive.archive.catalog.people import compiled, people_named
+
     conds, args = [], []
-    if filters.get("sender"):
-        conds.append("(m.sender = ? OR m.sender IN (SELECT id FROM participants WHERE display_name = ?))")
-        args += [filters["sender"]] * 2
+    if filters.get("sender"):  # whoever a search for that sender means (names, past names, e-mail, mobile)
+        sql, a = compiled(people_named(filters["sender"]))
+        conds.append(f"m.sender IN ({sql})")
+        args += a
+    if filters.get("participant"):  # sender or recipient, as in search
+        sql, a = compiled(people_named(filters["participant"]))
+        conds.append(f"(m.sender IN ({sql}) OR EXISTS (SELECT 1 FROM json_each(m.recipients) "
+                     f"WHERE value IN ({sql})))")
+        args += a + a
     if filters.get("conversation"):
         conds.append("(m.conversation_id = ? OR m.conversation_id IN (SELECT id FROM conversations WHERE title = ?))")
         args += [filters["conversation"]] * 2

@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from wxarchive.archive.catalog import schema as s
 from wxarchive.archive.catalog.fts import NUL_STAND_IN, trigram_text
+from wxarchive.archive.catalog.people import people_named as _people
 from wxarchive.search import text as textq
 from wxarchive.model import iso_time
 
@@ -86,22 +87,6 @@ def check_kind(engine, kind: str) -> None:
             return
     kinds = ", ".join(k.value for k in MessageKind)
     raise QueryError(f"unknown message type {kind!r}: use a kind ({kinds}) or a WeCom msgtype found in the archive")
-
-
-def _people(value: str):
-    """Participant ids a sender/participant filter means: the id itself, or anyone who was ever
-    called that (display name, a directory name or alias, current or past), or has that e-mail
-    address (any case) or mobile number (any formatting: +86, spaces, dashes)."""
-    from wxarchive.model import mobile_digits
-
-    p, h = s.participants, s.people
-    low = value.strip().lower()
-    ids = select(p.c.id).where(or_(p.c.id == value, func.lower(p.c.display_name) == low))
-    conds = [func.lower(h.c.name) == low, func.lower(h.c.alias) == low, h.c.email == low]
-    digits = mobile_digits(value)
-    if digits and len(digits) >= 5 and not any(c.isalpha() for c in value):
-        conds.append(h.c.mobile_digits == digits)
-    return ids.union(select(h.c.person).where(or_(*conds)))
 
 
 def unknown_names(engine, q: Query) -> list[str]:
