@@ -155,3 +155,28 @@ def test_rotation_refuses_a_damaged_blob_and_keeps_the_old_key(home):
     assert done.returncode == 0 and "backups taken before now need it" in done.stdout
     retired = list(key.parent.glob(key.name + ".retired-*"))
     assert len(retired) == 1 and retired[0].read_text() == old
+
+
+def _bytes_cli(home: Path, *args: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable.encode(), b"-m", b"wxarchive.cli", b"--home", str(home).encode(), *args],
+                          capture_output=True, timeout=120)
+
+
+def test_odd_input_from_a_break_it_trial_gets_one_line_errors(home):
+    bad = b"x\xff"
+    for args in ([b"show", bad], [b"hold", b"create", bad, b"--reason", b"r"], [b"audit", b"--user", bad],
+                 [b"search", b"--around", bad], [b"checkpoint", b"--out", b"/tmp/" + bad]):
+        done = _bytes_cli(home, *args)
+        assert done.returncode == 2 and b"Traceback" not in done.stderr, (args, done.stderr[-500:])
+        assert b"is not valid UTF-8" in done.stderr
+    late = _cli(home, "hold", "create", "H-9", "--reason", "r", "--until", "9999-12-31T23:59:59-12:00")
+    assert "out of range" in _clean(late)
+    assert _cli(home, "hold", "list").returncode == 0
+    (home / "journal" / "checkpoints" / "cp-abc.json").write_text("{}")  # a stray file is not a checkpoint
+    assert _cli(home, "checkpoint").returncode == 0
+    import sqlite3
+
+    with sqlite3.connect(home / "catalog.db") as db:
+        db.execute("DROP TABLE messages_uni")
+    err = _clean(_cli(home, "search", "钱"))
+    assert "the catalog cannot answer" in err and "wxarchive reindex" in err

@@ -1619,6 +1619,11 @@ def demo_cmd(
 
 
 def main() -> None:
+    import sqlite3
+
+    from sqlalchemy.exc import DatabaseError
+
+    db_errors = (DatabaseError, sqlite3.DatabaseError)
     try:
         errors = _user_errors()
     except ImportError as e:  # a broken install is reported, not hidden
@@ -1626,8 +1631,19 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    for i, arg in enumerate(sys.argv[1:], 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the terminal's locale could not decode
+            err.print(f"error: argument {i} is not valid UTF-8 (check the terminal's encoding)", highlight=False)
+            sys.exit(2)
     try:
         app()
+    except db_errors as e:  # a catalog damaged under a command that trusted it
+        err.print(f"error: the catalog cannot answer ({safe(str(getattr(e, 'orig', e)))}): run 'wxarchive verify "
+                  "--deep' to see what is wrong, and 'wxarchive reindex' to rebuild it from the journal",
+                  highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
     except (*errors, OSError) as e:  # OSError: a path the user gave that the system refuses (too long, a file for a folder…)
         from rich.markup import escape
 

@@ -179,5 +179,8 @@ def iso_time(ms: int | None, tz: str = "UTC") -> str | None:
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
-    dt = datetime.fromtimestamp(ms / 1000, ZoneInfo(tz))
+    try:
+        dt = datetime.fromtimestamp(ms / 1000, ZoneInfo(tz))
+    except (ValueError, OverflowError, OSError):  # beyond what datetime holds: said as it is stored
+        return f"{ms} ms since 1970 (UTC)"
     return dt.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")

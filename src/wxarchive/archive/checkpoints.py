@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -189,4 +190,5 @@ def signature_ok(cp: Checkpoint, public: Ed25519PublicKey) -> bool:
 
 
 def list_checkpoints(journal_dir: Path) -> list[Path]:
-    return sorted(checkpoint_dir(journal_dir).glob("cp-*.json"))
+    """The checkpoint files (``cp-<serial>.json``; other names there are not checkpoints)."""
+    return sorted(p for p in checkpoint_dir(journal_dir).glob("cp-*.json") if re.fullmatch(r"cp-[0-9]+", p.stem))

@@ -70,9 +70,16 @@ def parse_when(value: str, tz: str, *, end: bool = False) -> int:
             dt = datetime.fromisoformat(value)
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=zone)
-        return int(dt.timestamp() * 1000)
+        ms = int(dt.timestamp() * 1000)
     except (ValueError, OverflowError):
         raise QueryError(f"not a date or ISO 8601 time: {value!r} (use e.g. 2024-03-10 or 2024-03-10T15:00+08:00)") from None
+    if not _MIN_MS <= ms < _MAX_MS:  # a time every zone can show (years 1 to 9999 in any offset)
+        raise QueryError(f"{value!r}: out of range (use a time between the years 1900 and 9998)")
+    return ms
+
+
+_MIN_MS = int(datetime(1900, 1, 1, tzinfo=ZoneInfo("UTC")).timestamp() * 1000)
+_MAX_MS = int(datetime(9999, 1, 1, tzinfo=ZoneInfo("UTC")).timestamp() * 1000)
 
 
 def check_kind(engine, kind: str) -> None:
