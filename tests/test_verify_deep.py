@@ -189,3 +189,23 @@ def test_a_message_moved_under_the_index_is_found(home, edit):
     bad = _cli(home, "verify", "--deep")
     assert bad.returncode == 1, bad.stdout
     assert "index entries are not what its text gives" in bad.stdout or "holds entries for ids no message has" in bad.stdout
+
+
+def test_an_export_of_an_edited_catalog_row_is_refused(home, tmp_path):
+    """Plain verify checks which rows exist, not what they say: an export, which the archive
+    signs, checks what it is made of against the journal first."""
+    h = home
+    out = tmp_path / "before"
+    ok = subprocess.run([sys.executable, "-m", "wxarchive.cli", "--home", str(h), "export", "--format", "csv",
+                         "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    with sqlite3.connect(h / "catalog.db") as db:
+        msgid = db.execute("SELECT msgid FROM messages WHERE text != '' ORDER BY id LIMIT 1").fetchone()[0]
+        db.execute("UPDATE messages SET text = '客户同意保本，我已承诺10%收益' WHERE msgid = ?", (msgid,))
+    for fmt in ("csv", "rsmf", "jsonl"):
+        out = tmp_path / f"after-{fmt}"
+        done = subprocess.run([sys.executable, "-m", "wxarchive.cli", "--home", str(h), "export", "--format", fmt,
+                               "--out", str(out)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-800:]
+        assert f"message {msgid}" in done.stderr and "text differ from the journal" in done.stderr
+        assert not out.exists()

@@ -1359,6 +1359,14 @@ def export_cmd(
         _warn_unknown_names(archive.catalog.engine, q)
         count(archive.catalog.engine, q)  # a query that cannot run fails here, before any folder is made
         archive.access_log().check()  # and an export that could not be recorded, before any file is written
+        from wxarchive.deep_verify import check_selection
+
+        _, altered = check_selection(archive, q)  # and one of rows that are not what the journal says
+        if altered:
+            fail(f"nothing exported: {'these' if len(altered) > 1 else 'this'} selected message(s) differ from the "
+                 f"journal (the catalog was altered or is damaged): {'; '.join(altered)}"
+                 f"{' …' if len(altered) >= 5 else ''}. Run 'wxarchive verify --deep' to see every difference, "
+                 "then 'wxarchive reindex' to rebuild the catalog from the journal")
         existed = out_dir.exists()
         with Progress(f"exporting {fmt}", BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
             task = bar.add_task("export", total=None)

@@ -293,3 +293,65 @@ def _db_errors() -> tuple[type[Exception], ...]:
     except ImportError:
         pass
     return tuple(errors)
+
+
+# What a transcript or an export shows of a message, as the catalog stores it (JSON columns
+# compared as values): checked against the journal entry the row derives from.
+_SHOWN = ["serial", "source", "msgid", "conversation_id", "conversation_kind", "sender", "recipients", "sent_at",
+          "kind", "source_type", "action", "text", "content", "reply_to", "recalls", "flags"]
+_JSON = {"recipients", "content", "flags"}
+
+
+def check_selection(archive, q, limit: int = 5) -> tuple[int, list[str]]:
+    """Every message ``q`` selects, its catalog row compared with what its journal entry says
+    (parsed again, as ``apply`` parses it): (messages checked, problems, at most ``limit``).
+
+    What an export is made from, checked before the export is signed: the catalog is a derived
+    file anyone with the disk can edit (plain ``verify`` checks only which rows exist), and a
+    signed export of an edited row would carry the edit with the archive's signature. Rows
+    and entries are walked together in serial order: memory stays flat, and only the message
+    entries between the first and last selected serial are decrypted. Not compared: what
+    other entries add to a row (recalled_by, attachment outcomes, the directory's names)."""
+    import json
+
+    from wxarchive.archive.catalog.sqlite import _dumps
+    from wxarchive.ingest import _parse_entry, _parse_wechat
+    from wxarchive.search.query import rows_by_serial
+
+    rows = rows_by_serial(archive.catalog.engine, q, _SHOWN)
+    problems: list[str] = []
+    checked = 0
+    row = next(rows, None)
+    if row is None:
+        return 0, []
+    entries = archive.journal.entries(after=row[0] - 1, kinds={"wecom.message", "wechat.row", "shredded"})
+    entry = next(entries, None)
+    while row is not None:
+        while entry is not None and entry.serial < row[0]:
+            entry = next(entries, None)
+        got = dict(zip(_SHOWN, row))
+        where = f"message {got['msgid']} (journal entry {got['serial']})"
+        checked += 1
+        if entry is None or entry.serial != row[0] or entry.kind == "shredded":
+            problems.append(f"{where}: the journal has no readable message entry there")
+        else:
+            msg, err = (_parse_wechat if entry.kind == "wechat.row" else _parse_entry)(entry)
+            if msg is None:
+                problems.append(f"{where}: its journal entry does not parse ({err}), yet the catalog has a row")
+            else:
+                want = {"serial": entry.serial, "source": msg.source, "msgid": msg.msgid,
+                        "conversation_id": msg.conversation_id, "conversation_kind": msg.conversation_kind,
+                        "sender": msg.sender, "recipients": msg.recipients, "sent_at": msg.sent_at,
+                        "kind": msg.kind.value, "source_type": msg.source_type, "action": msg.action,
+                        "text": msg.text, "content": msg.content, "reply_to": msg.reply_to,
+                        "recalls": msg.recalls, "flags": msg.flags}
+                differ = [k for k in _SHOWN if (json.loads(got[k]) if k in _JSON and got[k] is not None
+                                                else got[k]) != (json.loads(_dumps(want[k])) if k in _JSON
+                                                                 else want[k])]
+                if differ:
+                    problems.append(f"{where}: the catalog's {', '.join(differ)} differ from the journal's")
+        if len(problems) >= limit:
+            rows.close()
+            break
+        row = next(rows, None)
+    return checked, problems

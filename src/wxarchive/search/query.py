@@ -355,6 +355,16 @@ def matching_ids(engine, q: Query) -> list[tuple[str, str]]:
         return [tuple(r) for r in c.execute(select(m.c.source, m.c.msgid).where(and_(True, *_plan(c, q))))]
 
 
+def rows_by_serial(engine, q: Query, columns: list[str]) -> Iterator[tuple]:
+    """``columns`` of every match, in journal-serial order, streamed (for checking a selection
+    against the journal entries its rows derive from)."""
+    m = s.messages
+    with engine.connect() as c:
+        stmt = select(*[m.c[k] for k in columns]).where(and_(True, *_plan(c, q))).order_by(m.c.serial)
+        for part in c.execution_options(yield_per=2000).execute(stmt).partitions(2000):
+            yield from (tuple(r) for r in part)
+
+
 WALK_FROM = 1000  # the fewest hits for which a page may be found by walking time order
 WALK_MS = 10.0  # how long a walk may take per million messages (at most WALK_MS_MAX) before the indexes answer
 WALK_MS_MAX = 60.0
