@@ -190,3 +190,51 @@ def test_a_damaged_length_field_is_reported_and_never_cut(home):
     with pytest.raises(JournalError, match=r"entry 1 \(a checkpoint or the catalog relies on it\)"):
         Archive.open(home)
     assert seg.read_bytes() == bytes(raw) and not (home / "journal" / "torn").exists()
+
+
+def test_ingest_apply_commits_the_catalog_only_after_the_journal_fsync(home, monkeypatch):
+    """Group commit in the ingest: the catalog transaction for entries is built while the
+    journal fsyncs them and committed after; a failed fsync commits nothing."""
+    import time
+
+    from sqlalchemy import event
+
+    from wxarchive.archive import journal as jmod
+    from wxarchive.archive.journal import Entry
+    from wxarchive.ingest import apply, catch_up
+
+    order: list[str] = []
+    real_fsync = jmod.os.fsync
+
+    def slow_fsync(fd):
+        time.sleep(0.2)
+        real_fsync(fd)
+        order.append("fsync")
+
+    with Archive.open(home) as ar:
+        catch_up(ar)
+        event.listen(ar.catalog.engine, "commit", lambda conn: order.append("commit"))
+        meta = {"source": "s", "cursor": "42"}
+        serial = ar.journal.append("cursor", meta)
+        monkeypatch.setattr(jmod.os, "fsync", slow_fsync)
+        apply(ar, [Entry(serial, 0, "cursor", meta, b"")], durable=ar.journal.sync_start())
+        monkeypatch.undo()
+        assert order == ["fsync", "commit"]
+        assert ar.catalog.applied_serial() == serial
+        assert ar.catalog.cursor("s") == "42"
+
+    def failing_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    ar = Archive.open(home)
+    before = ar.catalog.applied_serial()
+    meta = {"source": "s", "cursor": "43"}
+    serial = ar.journal.append("cursor", meta)
+    monkeypatch.setattr(jmod.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        apply(ar, [Entry(serial, 0, "cursor", meta, b"")], durable=ar.journal.sync_start())
+    monkeypatch.undo()
+    assert ar.catalog.applied_serial() == before  # rolled back: nothing of it committed
+    assert ar.catalog.cursor("s") == "42"
+    with pytest.raises(JournalError):
+        ar.close()

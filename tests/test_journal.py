@@ -323,3 +323,92 @@ def test_a_large_garbage_tail_is_cut_in_one_pass(tmp_path, master):
     j = Journal.open(tmp_path, master)
     assert j.head_serial == 5 and j.repair["bytes"] == len(garbage)
     assert [e.data for e in j.entries()] == payloads
+
+
+def test_sync_start_runs_the_fsync_beside_the_caller_and_sync_wait_makes_durable(tmp_path, master, monkeypatch):
+    """Group commit: ``sync_start`` writes the entries and fsyncs them in a thread while the
+    caller goes on (appending more, here); ``sync_wait`` returns only after that fsync returned."""
+    import threading
+
+    started, release, synced = threading.Event(), threading.Event(), []
+    real_fsync = jmod.os.fsync
+
+    def slow_fsync(fd):
+        started.set()
+        assert release.wait(10)
+        real_fsync(fd)
+        synced.append(fd)
+
+    with Journal.open(tmp_path, master) as j:
+        _fill(j, 3)
+        j.append("test.record", {"source": "s", "key": "a"}, b"1")
+        monkeypatch.setattr(jmod.os, "fsync", slow_fsync)
+        covered = j.sync_start()
+        assert covered == j.head_serial == 4
+        assert started.wait(10)
+        j.append("test.record", {"source": "s", "key": "b"}, b"2")  # the caller is not held up
+        assert synced == []
+        threading.Timer(0.2, release.set).start()
+        j.sync_wait(covered)
+        assert len(synced) == 1  # returned only after the fsync did
+        monkeypatch.undo()
+        j.sync_wait(5)  # not covered by the fsync in flight: synced now
+    j = Journal.open(tmp_path, master)
+    assert [e.key for e in j.entries()][-2:] == ["a", "b"]
+
+
+def test_a_failed_background_fsync_is_reported_and_the_journal_refuses(tmp_path, master, monkeypatch):
+    with Journal.open(tmp_path, master) as j:
+        _fill(j, 2)
+    j = Journal.open(tmp_path, master)
+    j.append("test.record", {"source": "s", "key": "lost"}, b"x")
+
+    def failing_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(jmod.os, "fsync", failing_fsync)
+    covered = j.sync_start()
+    with pytest.raises(OSError):
+        j.sync_wait(covered)
+    monkeypatch.undo()
+    with pytest.raises(JournalError, match="failed"):
+        j.sync()
+    with pytest.raises(JournalError, match="failed"):
+        j.sync_start()
+    j.close()
+    assert Journal.open(tmp_path, master).head_serial in (2, 3)
+
+
+def test_close_waits_for_an_fsync_in_flight(tmp_path, master, monkeypatch):
+    """The descriptor is never closed under a running fsync (its number could be reused)."""
+    import time
+
+    real_fsync, done = jmod.os.fsync, []
+
+    def slow_fsync(fd):
+        time.sleep(0.3)
+        real_fsync(fd)
+        done.append(fd)
+
+    j = Journal.open(tmp_path, master)
+    _fill(j, 2)
+    j.append("test.record", {"source": "s", "key": "c"}, b"3")
+    monkeypatch.setattr(jmod.os, "fsync", slow_fsync)
+    j.sync_start()
+    j.close()
+    assert done  # the background fsync finished before close returned
+    monkeypatch.undo()
+    assert [e.key for e in Journal.open(tmp_path, master).entries()][-1] == "c"
+
+
+def test_segment_blocks_are_reserved_ahead_without_changing_the_size(tmp_path, master):
+    """Preallocation (FALLOC_FL_KEEP_SIZE) reserves blocks past the end: readers see the frames only."""
+    with Journal.open(tmp_path, master) as j:
+        _fill(j, 2000, size=600)  # > 256 KiB: written through _write_pending
+        seg = j.segments()[-1]
+        written = seg.stat()
+        if jmod._preallocate is not None:
+            assert written.st_blocks * 512 > written.st_size  # reserved beyond the end
+    j = Journal.open(tmp_path, master)
+    assert j.head_serial == 2000
+    assert sum(1 for _ in iter_frames(seg)) == 2000

@@ -125,9 +125,15 @@ def _int(v: Any) -> int | None:
         return None
 
 
-def apply(archive: Archive, entries: list[Entry], parsed: dict[int, tuple[Message | None, str | None]] | None = None) -> None:
-    """Bring the catalog up to the last of ``entries`` (in one transaction)."""
+def apply(archive: Archive, entries: list[Entry], parsed: dict[int, tuple[Message | None, str | None]] | None = None,
+          *, durable: int | None = None) -> None:
+    """Bring the catalog up to the last of ``entries`` (in one transaction). With ``durable``
+    (the serial a ``journal.sync_start()`` returned), the transaction is built while that fsync
+    runs and committed only after ``journal.sync_wait(durable)``: the catalog never holds an
+    entry the journal could still lose."""
     if not entries:
+        if durable is not None:
+            archive.journal.sync_wait(durable)
         return
     expected = archive.catalog.applied_serial() + 1
     serials = [e.serial for e in entries]
@@ -135,7 +141,8 @@ def apply(archive: Archive, entries: list[Entry], parsed: dict[int, tuple[Messag
         # The catalog must follow the journal without gaps, or a crash would hide entries from catch-up.
         raise RuntimeError(f"catalog out of step with the journal: applying {serials[:3]}… after {expected - 1}")
     parsed = parsed or {}
-    with archive.catalog.batch(entries[-1].serial) as b:
+    wait = None if durable is None else (lambda: archive.journal.sync_wait(durable))
+    with archive.catalog.batch(entries[-1].serial, before_commit=wait) as b:
         for e in entries:
             m = e.meta
             if e.kind == "wecom.chatdata":
@@ -498,10 +505,11 @@ class WeComCapture:
         first = self.archive.journal.append_many("wecom.chatdata", new, at=now)
         for serial, (entry, _) in enumerate(written, first):
             entry.serial = serial
-        self.archive.journal.sync()
         # The catalog follows the journal in serial order (``applied_serial`` must never pass
-        # an entry it has not applied), so the raw items are registered as pending right away.
-        apply(self.archive, [e for e, _ in written])
+        # an entry it has not applied), so the raw items are registered as pending right away,
+        # in a transaction built during their fsync and committed after it. They are decrypted
+        # and parsed (by the caller) only once this returned: durable first.
+        apply(self.archive, [e for e, _ in written], durable=self.archive.journal.sync_start())
         return written
 
     def _submit(self, pool, raws: list[tuple[Entry, Any]]) -> list:
@@ -724,8 +732,8 @@ class WeComCapture:
         entries, parsed = self._collect(batch.raws, batch.futures, result)
         cmeta = {"source": self.opts.source, "cursor": str(batch.cursor)}
         entries.append(Entry(self.archive.journal.append("cursor", cmeta), 0, "cursor", cmeta, b""))
-        self.archive.journal.sync()
-        apply(self.archive, entries, parsed)
+        # the outcomes' catalog rows are built while the journal fsyncs them (and the cursor)
+        apply(self.archive, entries, parsed, durable=self.archive.journal.sync_start())
         self.archive.maybe_checkpoint()
         result.cursor = str(batch.cursor)
         self.progress("batch", {"pulled": batch.pulled, "cursor": batch.cursor, **result.counts})

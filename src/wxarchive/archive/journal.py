@@ -20,9 +20,11 @@ The data key of a segment lives wrapped under the master key in
 ``keys/seg-<first serial>.key`` beside the segments.
 
 Durability: ``append`` holds frames in memory (writing them every 256 KiB and starting
-their writeback, without waiting); ``sync`` writes the rest and fsyncs. Nothing that
-depends on an entry (a capture cursor, a catalog row) may be committed before ``sync``
-returned. A failed write or fsync is not retried: the journal refuses until reopened. A crash can leave a torn tail; ``open`` cuts it off (only a
+their writeback, without waiting, into blocks reserved ahead); ``sync`` writes the rest and
+fsyncs. Nothing that depends on an entry (a capture cursor, a catalog row) may be committed
+before ``sync`` returned. ``sync_start`` / ``sync_wait`` split it for group commit: the fsync
+runs in a thread while the caller prepares what depends on the entries, and ``sync_wait``
+comes before that is committed. A failed write or fsync is not retried: the journal refuses until reopened. A crash can leave a torn tail; ``open`` cuts it off (only a
 tail nothing relied on and nothing readable follows: see ``_recover``; damage anywhere else is
 refused, for ``wxarchive verify`` to report).
 """
@@ -36,6 +38,8 @@ import re
 import struct
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +114,27 @@ def _writeback_starter():
 
 
 _start_writeback = _writeback_starter()
+
+
+def _preallocator():
+    """``fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, n)`` (Linux): reserve the segment's next
+    blocks ahead of the writes without changing its size (readers, which stop at the file's end,
+    see nothing of it). Appending into reserved blocks spares each write the file system's block
+    allocation (measured by bench/journal.py). Its result is ignored: a file system without it
+    (or a full disk, which the write itself then reports) just allocates as it writes."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    fn.restype = ctypes.c_int
+    return lambda fd, offset, n: fn(fd, 1, offset, n)  # 1: FALLOC_FL_KEEP_SIZE
+
+
+_preallocate = _preallocator()
+_PREALLOCATE_BYTES = 8 << 20  # reserved ahead of the writes, this much at a time
 _dumps = orjson.dumps
 
 
@@ -286,8 +311,11 @@ class Journal:
         self._budget_set = 0
         self._seg_bytes = 0
         self._pending_bytes = 0
+        self._reserved = 0  # the segment's blocks reserved up to this offset (see _preallocate)
         self._synced = 0  # head_serial when the last sync returned (or the journal was opened)
         self._failed: BaseException | None = None  # a write or fsync that failed: no more appends
+        self._syncer: ThreadPoolExecutor | None = None  # runs the fsyncs of ``sync_start``
+        self._inflight: tuple[int, Future] | None = None  # (serial covered, its running fsync)
         self._nonce_base = 0  # drawn from os.urandom whenever a segment is opened for appending
 
     @property
@@ -454,7 +482,7 @@ class Journal:
         self._aead = AESGCM(data_key)
         self._aead_cache[seg.stem] = self._aead
         self._nonce_base = int.from_bytes(os.urandom(12), "big") % _NONCE_BASES
-        self._seg_bytes = 8 + len(header)
+        self._seg_bytes = self._reserved = 8 + len(header)
 
     def _open_tail(self) -> None:
         segs = self.segments()
@@ -465,7 +493,7 @@ class Journal:
         self._aead = self._segment_aead(self._segment)
         self._nonce_base = int.from_bytes(os.urandom(12), "big") % _NONCE_BASES
         self._file = open(self._segment, "ab", buffering=0)
-        self._seg_bytes = self._file.seek(0, os.SEEK_END)
+        self._seg_bytes = self._reserved = self._file.seek(0, os.SEEK_END)
 
     def _settle(self) -> None:
         """Account the frames appended since the last call (``append`` only spends ``_budget``)."""
@@ -503,6 +531,10 @@ class Journal:
         if not parts:
             return
         try:
+            if self._seg_bytes > self._reserved and _preallocate is not None:
+                end = self._seg_bytes + _PREALLOCATE_BYTES
+                _preallocate(self._file.fileno(), self._reserved, end - self._reserved)
+                self._reserved = end
             _write_all(self._file.fileno(), b"".join(parts))
         except BaseException as e:
             # Some of it may be on disk: the in-memory head is no longer what the file holds.
@@ -570,9 +602,8 @@ class Journal:
         """Make every appended entry durable (write + fsync). After a failed write or fsync the
         journal refuses to go on (an fsync is not retried: the kernel may have dropped the data
         it could not write); reopening it starts again from what the files hold."""
-        if self._failed is not None:
-            raise JournalError(f"{self.dir}: an earlier write or fsync failed ({self._failed}); "
-                               "reopen the journal") from None
+        self._wait_inflight()
+        self._check_usable()
         if self._file is not None and self._synced != self.head_serial:
             self._write_pending()
             try:
@@ -582,12 +613,59 @@ class Journal:
                 raise
             self._synced = self.head_serial
 
+    def sync_start(self) -> int:
+        """Write every appended entry and start its fsync in the background (group commit): the
+        caller goes on with work that does not need them durable — the ingest builds the
+        catalog transaction for them — and calls ``sync_wait`` with the returned serial before
+        anything may rely on them (that transaction's commit, a cursor). One fsync is in flight
+        at a time: a second ``sync_start`` first waits for the first. A failed fsync is reported
+        by ``sync_wait`` (or the next ``sync``), and the journal then refuses as after ``sync``."""
+        self._wait_inflight()
+        self._check_usable()
+        if self._file is None or self._synced == self.head_serial:
+            return self.head_serial
+        self._write_pending()
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(1, thread_name_prefix="wxarchive-journal-fsync")
+        self._inflight = (self.head_serial, self._syncer.submit(os.fsync, self._file.fileno()))
+        return self.head_serial
+
+    def sync_wait(self, serial: int) -> None:
+        """Return once every entry up to ``serial`` is durable: the fsync ``sync_start`` began
+        for it has returned (or, if none covers it, after a ``sync``)."""
+        self._wait_inflight()
+        if self._synced < serial:
+            self.sync()
+
+    def _wait_inflight(self) -> None:
+        if self._inflight is None:
+            return
+        serial, fut = self._inflight
+        try:
+            fut.result()
+        except BaseException as e:
+            if fut.done():  # the fsync itself failed (not an interrupt of this wait)
+                self._inflight = None
+                self._failed = e
+            raise
+        self._inflight = None
+        self._synced = max(self._synced, serial)
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise JournalError(f"{self.dir}: an earlier write or fsync failed ({self._failed}); "
+                               "reopen the journal") from None
+
     def _close_file(self) -> None:
         if self._file is not None:
             try:
                 if self._failed is None:  # else: nothing more is written; close() only lets go
                     self.sync()
             finally:
+                if self._inflight is not None:  # never close the descriptor under a running fsync
+                    _, fut = self._inflight
+                    wait_futures([fut])
+                    self._inflight = None
                 self._settle()
                 self._file.close()
                 self._file = None
@@ -595,7 +673,12 @@ class Journal:
                 self._pending_bytes = 0
 
     def close(self) -> None:
-        self._close_file()
+        try:
+            self._close_file()
+        finally:
+            if self._syncer is not None:
+                self._syncer.shutdown(wait=True)
+                self._syncer = None
 
     # ---- reading -------------------------------------------------------------------
 

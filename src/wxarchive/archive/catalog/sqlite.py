@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -310,8 +310,10 @@ class Catalog:
     # ---- writing -------------------------------------------------------------------
 
     @contextmanager
-    def batch(self, serial: int) -> Iterator[Batch]:
-        """One transaction that brings the catalog up to journal entry ``serial``."""
+    def batch(self, serial: int, before_commit: Callable[[], None] | None = None) -> Iterator[Batch]:
+        """One transaction that brings the catalog up to journal entry ``serial``;
+        ``before_commit`` is called last before the commit (the ingest waits there for the
+        journal's fsync of those entries: if it raises, nothing is committed)."""
         with self.engine.begin() as conn:
             b = Batch(conn)
             yield b
@@ -321,6 +323,8 @@ class Catalog:
                 .values(key="applied_serial", value=str(serial))
                 .on_conflict_do_update(index_elements=["key"], set_={"value": str(serial)})
             )
+            if before_commit is not None:
+                before_commit()
 
     def drop_all(self) -> None:
         with self.engine.begin() as c:
