@@ -175,6 +175,33 @@ def test_a_deleted_access_log_is_caught_by_the_checkpoint_that_anchored_it(home)
     assert "(the access log was deleted)" in bad.stdout
 
 
+def test_a_deleted_access_log_and_every_checkpoint_are_caught_by_the_journal_anchor(home):
+    """The access log's head is also journaled (``audit.anchor``, in the hash chain) when a
+    checkpoint is signed: deleting audit/ with every checkpoint file still leaves a trace."""
+    cp = _read_then_checkpoint(home)
+    with Archive.open(home, readonly=True) as ar:
+        anchors = [e for e in ar.journal.entries(kinds={"audit.anchor"})]
+    assert anchors and anchors[-1].meta == {"audit_serial": cp["audit_serial"], "audit_hash": cp["audit_hash"]}
+    assert anchors[-1].serial <= cp["serial"]  # journaled before the checkpoint that signs it
+    shutil.rmtree(home / "audit")
+    shutil.rmtree(home / "journal" / "checkpoints")
+    bad = _cli(home, "verify")
+    assert bad.returncode == 1, bad.stdout
+    assert (f"audit: audit/ entry {cp['audit_serial']}: missing, but journal entry {anchors[-1].serial} "
+            "(audit.anchor) vouches for") in bad.stdout
+
+
+def test_an_unchanged_access_log_is_not_anchored_again(home):
+    _read_then_checkpoint(home)
+    with Archive.open(home, readonly=True) as ar:
+        before = sum(1 for _ in ar.journal.entries(kinds={"audit.anchor"}))
+    with Archive.open(home) as ar:  # a writer that appends and closes, nobody read meanwhile
+        ar.journal.append("test.record", {"source": "s", "key": "k"}, b"x")
+    with Archive.open(home, readonly=True) as ar:
+        assert sum(1 for _ in ar.journal.entries(kinds={"audit.anchor"})) == before
+    assert _cli(home, "verify").returncode == 0
+
+
 def test_an_access_log_cut_back_and_re_signed_is_caught_by_the_anchor(home):
     """Cutting entries and signing a new head needs the signing key; even then the journal's
     checkpoint still vouches for the entry that was removed."""

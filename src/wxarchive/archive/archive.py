@@ -32,7 +32,15 @@ from wxarchive.archive.audit import AccessLog
 from wxarchive.archive.blobs import BlobStore
 from wxarchive.archive.files import write_atomic
 from wxarchive.archive.catalog.sqlite import Catalog
-from wxarchive.archive.checkpoints import CHECKPOINT_EVERY, Checkpoint, Signer, list_checkpoints, write_checkpoint
+from wxarchive.archive.checkpoints import (
+    CHECKPOINT_EVERY,
+    Checkpoint,
+    CheckpointError,
+    Signer,
+    list_checkpoints,
+    read_checkpoint,
+    write_checkpoint,
+)
 from wxarchive.archive.journal import Journal
 from wxarchive.archive.keys import (
     LocalMasterKey,
@@ -60,6 +68,7 @@ class Archive:
     signer: Signer | None  # None when opened read-only
     last_checkpoint: int = 0  # serial of the newest checkpoint written
     lock_fd: int | None = None  # the writer lock, held while open for writing
+    anchored_audit: int | None = None  # the access-log serial the newest anchor in the journal vouches for
 
     @property
     def readonly(self) -> bool:
@@ -119,6 +128,11 @@ class Archive:
                 os.close(lock_fd)
             raise
         archive = cls(home, info["archive_id"], master, journal, blobs, catalog, signer, last, lock_fd)
+        if cps and not readonly:
+            try:
+                archive.anchored_audit = read_checkpoint(cps[-1]).audit_serial
+            except CheckpointError:
+                pass  # verify reports it; the next checkpoint anchors the access log again
         if not readonly:
             if journal.repair is not None:  # a crash's torn tail was cut: say so in the audit trail
                 archive.record_admin_event("admin.journal.repair", journal.repair)
@@ -151,12 +165,27 @@ class Archive:
             raise ArchiveError(f"{self.home}: opened read-only, cannot sign a checkpoint")
         if j.head_serial == 0 or (j.head_serial <= self.last_checkpoint and not force):
             return None
+        audit = self.access_log().signed_head(self.signer)
+        if audit is not None and audit.serial != self.anchored_audit:
+            self._anchor_audit(audit)
         j.sync()
-        cp = self.signer.sign(self.archive_id, j.head_serial, j.head_hash, j.head_segment(),
-                              audit=self.access_log().signed_head(self.signer))
+        cp = self.signer.sign(self.archive_id, j.head_serial, j.head_hash, j.head_segment(), audit=audit)
         write_checkpoint(j.dir, cp)
         self.last_checkpoint = j.head_serial
         return cp
+
+    def _anchor_audit(self, audit: Checkpoint) -> None:
+        """Journal the access log's signed head (``audit.anchor``): in the journal's own hash
+        chain it outlives the checkpoint files, so an access log deleted or cut back together
+        with every checkpoint is still reported by verify. It changes nothing in the catalog,
+        whose applied serial moves past it when it was up to date (else catch-up does that)."""
+        applied = self.catalog.applied_serial()
+        serial = self.journal.append("audit.anchor", {"audit_serial": audit.serial, "audit_hash": audit.head_hash})
+        self.journal.sync()
+        if applied == serial - 1:
+            with self.catalog.batch(serial):
+                pass
+        self.anchored_audit = audit.serial
 
     def record_admin_event(self, kind: str, meta: dict) -> int:
         """Journal an administrative action (who did what) durably, and list it in the access

@@ -149,6 +149,7 @@ class _Seen:
     blob: str | None = None  # sha256 of the media a ``media`` entry says was stored
     tomb: dict | None = None  # an ``admin.purge`` tombstone's metadata (segment, blobs, signature...)
     where: tuple[str, int] | None = None  # a tombstone's segment (as reported) and frame offset
+    anchor: tuple[int, str] | None = None  # an ``audit.anchor``: the access log's (serial, hash) it vouches for
 
 
 _PARALLEL_MIN_BYTES = 128 << 20  # journals smaller than this are checked in-process (start-up would dominate)
@@ -252,6 +253,13 @@ def _check_segment(t: _SegmentTask) -> _SegmentResult:
         elif kind == "admin.purge":
             if need_any:
                 keep(_Seen(serial, kind, meta.get("source"), meta.get("key"), None, meta, (name, offset)))
+        elif kind == "audit.anchor":
+            if need_any:
+                a_serial, a_hash = meta.get("audit_serial"), meta.get("audit_hash")
+                ok = isinstance(a_serial, int) and isinstance(a_hash, str)
+                if not ok:
+                    add(Problem("journal", name, "access-log anchor without a serial and hash", serial, offset))
+                keep(_Seen(serial, kind, None, None, anchor=(a_serial, a_hash) if ok else None))
         elif need_all:
             keep(_Seen(serial, kind, meta.get("source"), meta.get("key")))
     return _SegmentResult(problems, notes, seen, hashes, entries, prev, expected)
@@ -624,8 +632,11 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
         journal_blobs: dict[str, int] = {}  # sha256 -> first entry saying it was stored
         tombstoned: set[str] = set()
         purged_blobs: set[str] = set()
+        journal_anchor: tuple[str, int, str] | None = None  # the newest audit.anchor entry's
         try:
             for seen in walk.walk():
+                if seen.anchor is not None:
+                    journal_anchor = (f"journal entry {seen.serial} (audit.anchor)", *seen.anchor)
                 if seen.blob is not None:
                     journal_blobs.setdefault(seen.blob, seen.serial)
                 if seen.tomb is not None:
@@ -670,9 +681,12 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
         if external is not None:
             _check_external(str(against), external, public, archive_id, walk, report)
         # the access log's heads the (genuine) checkpoints anchored: it must still hold them
-        anchors = [(name, cp) for name, cp in cps + ([(str(against), external)] if external else [])
+        anchors = [(name, cp.audit_serial, cp.audit_hash)
+                   for name, cp in cps + ([(str(against), external)] if external else [])
                    if cp.audit_serial is not None and public is not None and signature_ok(cp, public)
                    and cp.archive_id == archive_id]
+        if journal_anchor is not None:  # in the hash chain: outlives deleted checkpoint files
+            anchors.append(journal_anchor)
         _check_audit(home / "audit", master, public, archive_id, report, progress, anchors)
         good = _check_blobs(home, master, report, progress) if blobs else None
         if good is not None:
@@ -692,14 +706,15 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
 
 
 def _check_audit(audit_dir: Path, master: MasterKeyProvider, public, archive_id: str, report: Report,
-                 progress: ProgressFn, anchors: list[tuple[str, Checkpoint]] = ()) -> None:
-    """The access audit log: the same journal checks, its signed head, and the heads journal
-    checkpoints anchored (``anchors``: checkpoints whose signature was checked)."""
+                 progress: ProgressFn, anchors: list[tuple[str, int, str]] = ()) -> None:
+    """The access audit log: the same journal checks, its signed head, and the heads the journal
+    anchored (``anchors``: (who vouches, access-log serial, its hash), from checkpoints whose
+    signature was checked and from the journal's newest ``audit.anchor`` entry)."""
     if not audit_dir.is_dir():
         if anchors:
-            name, cp = max(anchors, key=lambda a: a[1].audit_serial)
-            report.add(Problem("audit", "audit/", f"missing, but {name} vouches for its entry {cp.audit_serial} "
-                                                  "(the access log was deleted)", cp.audit_serial))
+            name, a_serial, _ = max(anchors, key=lambda a: a[1])
+            report.add(Problem("audit", "audit/", f"missing, but {name} vouches for its entry {a_serial} "
+                                                  "(the access log was deleted)", a_serial))
         return
     head: Checkpoint | None = None
     head_path = audit_dir / "head.json"
@@ -709,7 +724,7 @@ def _check_audit(audit_dir: Path, master: MasterKeyProvider, public, archive_id:
         except CheckpointError as e:
             report.add(Problem("audit", "audit/head.json", str(e).split(": ", 1)[-1]))
     scratch = Report()
-    wanted = ({head.serial} if head else set()) | {cp.audit_serial for _, cp in anchors}
+    wanted = ({head.serial} if head else set()) | {a_serial for _, a_serial, _ in anchors}
     walk = _JournalWalk(audit_dir, master, scratch, wanted, progress, label="audit", need="none", workers=1)
     for _ in walk.walk():
         pass
@@ -717,13 +732,13 @@ def _check_audit(audit_dir: Path, master: MasterKeyProvider, public, archive_id:
     report.notes.extend(scratch.notes)
     for p in scratch.problems:
         report.add(Problem("audit", p.file, p.detail, p.serial, p.offset))
-    for name, cp in anchors:
-        if cp.audit_serial > scratch.head_serial:
-            report.add(Problem("audit", name, f"vouches for access-log entry {cp.audit_serial} but the log ends at "
-                                              f"{scratch.head_serial} (entries removed)", cp.audit_serial))
-        elif walk.hashes.get(cp.audit_serial, (b"",))[0].hex() != cp.audit_hash:
-            report.add(Problem("audit", name, f"the access log no longer holds the entry {cp.audit_serial} "
-                                              "this checkpoint vouches for (history rewritten)", cp.audit_serial))
+    for name, a_serial, a_hash in anchors:
+        if a_serial > scratch.head_serial:
+            report.add(Problem("audit", name, f"vouches for access-log entry {a_serial} but the log ends at "
+                                              f"{scratch.head_serial} (entries removed)", a_serial))
+        elif walk.hashes.get(a_serial, (b"",))[0].hex() != a_hash:
+            report.add(Problem("audit", name, f"the access log no longer holds the entry {a_serial} "
+                                              "it vouches for (history rewritten)", a_serial))
     if head is None:
         if scratch.entries and (audit_dir.parent / "keys" / "signing.pub").exists():
             report.add(Problem("audit", "audit/head.json", "the signed head of the access log is missing"))
