@@ -97,44 +97,36 @@ _NONCE_BASES = (1 << 96) - (1 << 64)  # nonce = base + serial, base < this: no o
 _time_ns = time.time_ns
 
 
-def _writeback_starter():
-    """``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)`` (Linux): start writing those
-    pages to disk now, without waiting for it, so that the fsync of the next ``sync`` finds less
-    to do (measured by bench/journal.py: the wait in ``sync`` about halves, most under a busy disk).
-    A hint only, its result ignored: durability comes from that fsync alone. None elsewhere."""
+def _libc_call(name: str, flag: int):
+    """``name(fd, <flag>, offset, n)`` / ``name(fd, offset, n, <flag>)`` of the C library as a
+    function of (fd, offset, n), its result ignored by callers; None where there is no such call."""
     try:
         import ctypes
 
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    fn.restype = ctypes.c_int
-    return lambda fd, offset, n: fn(fd, offset, n, 2)  # 2: SYNC_FILE_RANGE_WRITE
+    c_int, c_i64 = ctypes.c_int, ctypes.c_int64
+    fn.restype = c_int
+    if name == "fallocate":
+        fn.argtypes = (c_int, c_int, c_i64, c_i64)
+        return lambda fd, offset, n: fn(fd, flag, offset, n)
+    fn.argtypes = (c_int, c_i64, c_i64, ctypes.c_uint)
+    return lambda fd, offset, n: fn(fd, offset, n, flag)
 
 
-_start_writeback = _writeback_starter()
-
-
-def _preallocator():
-    """``fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, n)`` (Linux): reserve the segment's next
-    blocks ahead of the writes without changing its size (readers, which stop at the file's end,
-    see nothing of it). Appending into reserved blocks spares each write the file system's block
-    allocation (measured by bench/journal.py). Its result is ignored: a file system without it
-    (or a full disk, which the write itself then reports) just allocates as it writes."""
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-    fn.restype = ctypes.c_int
-    return lambda fd, offset, n: fn(fd, 1, offset, n)  # 1: FALLOC_FL_KEEP_SIZE
-
-
-_preallocate = _preallocator()
-_PREALLOCATE_BYTES = 8 << 20  # reserved ahead of the writes, this much at a time
+# ``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)`` (Linux): start writing those pages to
+# disk now, without waiting for it, so that the fsync of the next ``sync`` finds less to do
+# (measured by bench/journal.py: the wait in ``sync`` about halves, most under a busy disk). A
+# hint only: durability comes from that fsync alone.
+_start_writeback = _libc_call("sync_file_range", 2)  # 2: SYNC_FILE_RANGE_WRITE
+# ``fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, n)`` (Linux): reserve the segment's next blocks
+# ahead of the writes without changing its size (readers, which stop at the file's end, see
+# nothing of it): appending into reserved blocks spares each write the file system's block
+# allocation. Its result is ignored: a file system without it (or a full disk, which the write
+# itself then reports) just allocates as it writes.
+_preallocate = _libc_call("fallocate", 1)  # 1: FALLOC_FL_KEEP_SIZE
+_PREALLOCATE_BYTES = 8 << 20  # reserved ahead of the writes, at most this much at a time
 _dumps = orjson.dumps
 
 
@@ -532,7 +524,9 @@ class Journal:
             return
         try:
             if self._seg_bytes > self._reserved and _preallocate is not None:
-                end = self._seg_bytes + _PREALLOCATE_BYTES
+                # ahead by as much as the segment holds, 256 KiB to 8 MiB: a small journal
+                # (the access log, a test archive) reserves little
+                end = self._seg_bytes + min(_PREALLOCATE_BYTES, max(_WRITE_BYTES, self._seg_bytes))
                 _preallocate(self._file.fileno(), self._reserved, end - self._reserved)
                 self._reserved = end
             _write_all(self._file.fileno(), b"".join(parts))
