@@ -332,6 +332,18 @@ def test_empty_or_undecodable_filters_are_refused(source):
     assert not Path("/tmp/never-written").exists()
 
 
+def test_journal_refuses_what_is_not_one_bare_address(source):
+    for flag, addr in (("--to", "not an address"), ("--to", "Name <j@archive.example>"),
+                       ("--to", "a@archive.example,b@archive.example"), ("--to", "j@"), ("--from", "me")):
+        args = ["journal", "--smtp", "localhost:1", "--no-tls", "--to", "j@archive.example"]
+        args += [flag, addr] if flag == "--from" else []
+        if flag == "--to":
+            args[-1] = addr
+        done = _cli(source, *args)
+        assert done.returncode == 2, (addr, done.stderr)
+        assert f"{flag} {addr!r}: not an e-mail address" in done.stderr
+
+
 def test_journal_command(source, smtp_server, tmp_path):
     srv = smtp_server()
     done = _cli(source, "journal", "--smtp", f"localhost:{srv.port}", "--to", "j@archive.example", "--no-tls",

@@ -1463,6 +1463,13 @@ def journal_cmd(
         fail(f"--smtp {smtp!r}: give HOST:PORT, e.g. feeds.example.com:25")
     if per not in ("day", "message"):
         fail(f"--per {per!r}: use 'day' or 'message'")
+    for flag, addrs in (("--to", to), ("--from", [sender])):
+        for addr in addrs:
+            # one bare addr-spec, as SMTP's RCPT TO / MAIL FROM take it (the library would send
+            # whatever part of a malformed address it can parse, or fail only at the server)
+            if not re.fullmatch(r"[^\s@<>()\[\],;:\\\"]+@[^\s@<>()\[\],;:\\\"]+", addr):
+                fail(f"{flag} {addr!r}: not an e-mail address (give one bare address such as "
+                     "journal@archive.example.com; repeat --to for several)")
     password = None
     if user:
         if password_file is not None:
