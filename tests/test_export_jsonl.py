@@ -67,6 +67,11 @@ def test_manifest_lists_every_file_with_its_hash_and_reconciles(exported, source
     cp = json.loads((exported / "checkpoint.json").read_text())
     assert "BEGIN PUBLIC KEY" in cp["public_key"]
     assert manifest["exported_by"] and manifest["archive_id"].startswith("wxa-")
+    from datetime import datetime
+
+    # the time for people (UTC, ISO 8601) is the same instant as the epoch milliseconds
+    assert manifest["exported_at_utc"].endswith("Z")
+    assert datetime.fromisoformat(manifest["exported_at_utc"]).timestamp() * 1000 == manifest["exported_at"]
 
 
 def test_export_is_recorded_with_its_files(exported, source):

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +82,13 @@ def write_manifest(archive, out: Path, *, fmt: str, query: dict[str, Any], count
                    **extra: Any) -> dict[str, Any]:
     """Hash every file in ``out``, sign, write ``out/manifest.json``; returns the manifest."""
     cp = latest_checkpoint(archive)
+    now = time.time_ns() // 1_000_000
     manifest = {
         "format": fmt, "archive_id": archive.archive_id, "query": query,
         "exported_by": current_user(), "on_behalf_of": os.environ.get("WXARCHIVE_ON_BEHALF_OF") or None,
-        "host": socket.gethostname(), "exported_at": int(time.time() * 1000),
+        "host": socket.gethostname(), "exported_at": now,
+        "exported_at_utc": datetime.fromtimestamp(now / 1000, timezone.utc).isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),  # the same instant, for people (exported_at: ms since the epoch)
         "checkpoint_serial": cp.serial if cp else None,
         **extra,
         "counts": counts,
