@@ -255,3 +255,17 @@ def test_conversations_list_account_switches_apart_from_chats(cli_home, tenant):
     assert not [r for r in rows if r["id"].startswith("switch:") and r["kind"] != "system"]
     human = run("conversations", home=home)
     assert human.returncode == 0 and "[system]" in human.stdout
+
+
+def test_json_commands_answer_a_usage_error_in_json_on_stdout(tmp_path):
+    """A script that asked for --json reads stdout: exit 2 comes with one JSON object there too,
+    and the one-line error stays on stderr for people."""
+    missing = tmp_path / "no-archive"
+    for args in (["status", "--json"], ["search", "x", "--since", "nodate", "--json"], ["audit", "--json"]):
+        done = run(*args, home=missing)
+        assert done.returncode == 2, (args, done.stderr)
+        answer = json.loads(done.stdout)
+        assert answer["ok"] is False and answer["exit"] == 2 and answer["error"]
+        assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    plain = run("status", home=missing)
+    assert plain.returncode == 2 and plain.stdout == ""

@@ -112,7 +112,15 @@ def fail(message: str, code: int = 2) -> None:
 
     err.print(f"[bold red]error:[/] {escape(safe(message))}", markup=True, highlight=False, soft_wrap=True,
               emoji=False)
+    _json_error(message, code)
     raise typer.Exit(code)
+
+
+def _json_error(message: str, code: int) -> None:
+    """Under ``--json``, a script reads stdout: a usage or configuration error (exit 2) is also
+    one JSON object there (the commands' own exit-1 answers are JSON already)."""
+    if code == 2 and "--json" in sys.argv[1:]:
+        print(json.dumps({"ok": False, "error": message, "exit": code}, ensure_ascii=False), flush=True)
 
 
 def _open_archive(create: bool = False, readonly: bool = False):
@@ -1655,15 +1663,17 @@ def main() -> None:
     try:
         app()
     except db_errors as e:  # a catalog damaged under a command that trusted it
-        err.print(f"error: the catalog cannot answer ({safe(str(getattr(e, 'orig', e)))}): run 'wxarchive verify "
-                  "--deep' to see what is wrong, and 'wxarchive reindex' to rebuild it from the journal",
-                  highlight=False, markup=False, soft_wrap=True)
+        msg = (f"the catalog cannot answer ({safe(str(getattr(e, 'orig', e)))}): run 'wxarchive verify "
+               "--deep' to see what is wrong, and 'wxarchive reindex' to rebuild it from the journal")
+        err.print(f"error: {msg}", highlight=False, markup=False, soft_wrap=True)
+        _json_error(msg, 2)
         sys.exit(2)
     except (*errors, OSError) as e:  # OSError: a path the user gave that the system refuses (too long, a file for a folder…)
         from rich.markup import escape
 
         err.print(f"[bold red]error:[/] {escape(safe(str(e)))}", markup=True, highlight=False, soft_wrap=True,
                   emoji=False)
+        _json_error(safe(str(e)), 2)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
