@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -238,3 +241,54 @@ def test_ingest_apply_commits_the_catalog_only_after_the_journal_fsync(home, mon
     assert ar.catalog.cursor("s") == "42"
     with pytest.raises(JournalError):
         ar.close()
+
+
+def _cut_last_frames(seg, k: int) -> None:
+    from wxarchive.archive.journal import iter_frames
+
+    frames = [fr for fr in iter_frames(seg) if not isinstance(fr, tuple)]
+    with open(seg, "r+b") as f:
+        f.truncate(frames[-k].offset)
+
+
+def test_a_writer_refuses_a_journal_cut_back_below_its_signed_checkpoint(home):
+    """Whole entries removed from the end: appending would re-use serials a checkpoint signed
+    and the next checkpoint would sign over the removal. Readers still open (verify reports)."""
+    seg = sorted((home / "journal").glob("seg-*.wxj"))[-1]
+    _cut_last_frames(seg, 2)
+    with pytest.raises(ArchiveError, match=r"ends at entry 3, but a signed checkpoint .*cp-000000000005.json"):
+        Archive.open(home)
+    with Archive.open(home, readonly=True) as ar:  # readers still open
+        assert [e.serial for e in ar.journal.entries()] == [1, 2, 3]
+    done = subprocess.run([sys.executable, "-m", "wxarchive.cli", "--home", str(home), "checkpoint"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "ends at entry 3" in done.stderr
+    assert len(list((home / "journal" / "checkpoints").glob("cp-*.json"))) == 1  # nothing re-signed
+
+
+def test_a_journal_behind_its_catalog_is_refused_until_reindexed(home):
+    from wxarchive.ingest import catch_up
+
+    with Archive.open(home) as ar:
+        catch_up(ar)
+        assert ar.catalog.applied_serial() == 5
+    shutil.rmtree(home / "journal" / "checkpoints")  # so that only the catalog still knows
+    _cut_last_frames(sorted((home / "journal").glob("seg-*.wxj"))[-1], 1)
+    with pytest.raises(ArchiveError, match="ends at entry 4, but the catalog reflects entries up to 5"):
+        Archive.open(home)
+    done = subprocess.run([sys.executable, "-m", "wxarchive.cli", "--home", str(home), "reindex"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with Archive.open(home) as ar:
+        assert ar.catalog.applied_serial() == ar.journal.head_serial == 4
+
+
+def test_a_checkpoint_is_never_replaced_by_one_of_another_head(home):
+    from wxarchive.archive.checkpoints import CheckpointError, write_checkpoint
+
+    with Archive.open(home) as ar:
+        cp = ar.checkpoint(force=True)
+        assert write_checkpoint(ar.journal.dir, cp)  # the same head again: fine
+        other = ar.signer.sign(ar.archive_id, cp.serial, b"\x01" * 32, cp.segment)
+        with pytest.raises(CheckpointError, match="already signs entry 5 with another hash"):
+            write_checkpoint(ar.journal.dir, other)

@@ -69,7 +69,8 @@ def test_a_read_that_cannot_be_recorded_is_refused(home):
     (home / "audit").write_text("not a directory")  # the log cannot be written
     done = _cli(home, "search", "合同", "--json")
     assert done.returncode == 2
-    assert done.stdout == ""
+    answer = json.loads(done.stdout)  # no result: only the error, as JSON for the script
+    assert answer["ok"] is False and "cannot record this access in the audit log" in answer["error"]
     assert "cannot record this access in the audit log" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -276,3 +277,28 @@ def test_an_export_that_cannot_be_recorded_leaves_no_file(home, tmp_path, monkey
     monkeypatch.setattr(audit.AccessLog, "record", fail_second)
     res = CliRunner().invoke(cli.app, ["--home", str(home), "export", "--format", "jsonl", "--out", str(ok)])
     assert res.exit_code != 0 and calls and not ok.exists()
+
+
+def test_a_reader_never_starts_a_new_access_log_where_a_checkpoint_vouches_for_one(home):
+    cp = _read_then_checkpoint(home)
+    shutil.rmtree(home / "audit")
+    done = _cli(home, "search", "合同")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"missing, but journal/checkpoints/cp-{cp['serial']:012d}.json vouches for its entry " \
+           f"{cp['audit_serial']}" in done.stderr
+    assert not (home / "audit").exists()  # nothing started in its place
+
+
+def test_an_access_log_replaced_after_every_checkpoint_was_deleted_is_caught_by_every_anchor(home):
+    """Deleting audit/ and the checkpoints, letting a reader start a fresh log and a writer anchor
+    it: the journal's earlier anchors still vouch for the log that was there."""
+    cp = _read_then_checkpoint(home)
+    shutil.rmtree(home / "audit")
+    shutil.rmtree(home / "journal" / "checkpoints")
+    assert _cli(home, "search", "a", "--count").returncode == 0  # no checkpoint left to vouch: a new log
+    assert _cli(home, "checkpoint").returncode == 0  # a writer anchors the new log's head
+    bad = _cli(home, "verify")
+    assert bad.returncode == 1, bad.stdout
+    assert "(the access log was rolled back or replaced)" in bad.stdout
+    assert f"vouches for access-log entry {cp['audit_serial']}" in bad.stdout or \
+           f"the access log no longer holds the entry {cp['audit_serial']}" in bad.stdout

@@ -228,6 +228,32 @@ def test_follow_polls_and_stops_on_sigterm(tenant, tmp_path):
     assert st["messages"] == 396
 
 
+def test_ctrl_c_stops_the_ingest_cleanly_and_a_second_run_finishes(tenant, tmp_path):
+    """Ctrl-C at the terminal (SIGINT to the whole process group, SDK and decrypt workers
+    included): the run ends after its batch, 'stopped', no traceback, the archive verifies;
+    the next run archives the rest, nothing twice."""
+    home = tmp_path / "home"
+    with serve(tenant) as sim:
+        cmd = [sys.executable, "-m", "wxarchive.cli", "--home", str(home),
+               *ingest_args(tenant, sim.proxy_url), "--limit", "20", "--follow", "--poll-interval", "0.2"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sim.stats.calls.get("chat", 0) < 3:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        assert "Traceback" not in err and "stopping after the current batch" in err
+        assert "stopped" in out
+        assert run("verify", home=home).returncode == 0
+        again = run(*ingest_args(tenant, sim.proxy_url), home=home)
+    assert again.returncode == 0, again.stderr[-2000:]
+    st = json.loads(run("status", "--json", home=home).stdout)
+    assert st["messages"] == 396
+    assert run("verify", "--deep", home=home).returncode == 0
+
+
 def test_a_name_nobody_has_is_said_not_silently_empty(cli_home):
     """A mistyped sender matches nothing: the officer is told, the search still runs (0)."""
     home, _ = cli_home

@@ -123,8 +123,9 @@ def _json_error(message: str, code: int) -> None:
         print(json.dumps({"ok": False, "error": message, "exit": code}, ensure_ascii=False), flush=True)
 
 
-def _open_archive(create: bool = False, readonly: bool = False):
-    """The archive and its settings: readers pass ``readonly`` (no lock, no writes)."""
+def _open_archive(create: bool = False, readonly: bool = False, rebuilding: bool = False):
+    """The archive and its settings: readers pass ``readonly`` (no lock, no writes); reindex
+    ``rebuilding`` (the catalog is dropped: it is not caught up, nor held against the journal)."""
     from wxarchive.archive.archive import Archive
 
     settings = cfg.load_settings(state.home) if state.home.exists() else cfg.Settings()
@@ -135,8 +136,8 @@ def _open_archive(create: bool = False, readonly: bool = False):
         fail(f"{settings.path}: catalog_encryption = \"sqlcipher\", but this archive's catalog is plain SQLite "
              "(the setting applies when an archive is created; encrypting an existing catalog is not supported yet)")
     archive = Archive.open(state.home, create=create, master_key_file=settings.archive.get("master_key_file"),
-                           readonly=readonly, encrypt_catalog=enc == "sqlcipher")
-    if not readonly:  # a writer first brings the catalog up to the journal (after a crash it may lag)
+                           readonly=readonly, encrypt_catalog=enc == "sqlcipher", rebuilding=rebuilding)
+    if not readonly and not rebuilding:  # a writer first brings the catalog up to the journal (after a crash it may lag)
         from wxarchive.ingest import catch_up
 
         try:
@@ -457,13 +458,18 @@ def _run_capture(archive, opts, replay):
         cap = WeComCapture(archive, opts, progress, replay=replay)
 
         def stop(signum, frame):
+            if signum == signal.SIGINT and not cap.stop_requested:  # a second Ctrl-C interrupts at once
+                signal.signal(signal.SIGINT, old[signal.SIGINT])
+                bar.console.print("stopping after the current batch (Ctrl-C again to interrupt now; "
+                                  "nothing durable is lost either way)", highlight=False)
             cap.stop_requested = True
 
-        old = signal.signal(signal.SIGTERM, stop)
+        old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             return cap.run()
         finally:
-            signal.signal(signal.SIGTERM, old)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 # ---- reading ----------------------------------------------------------------------------
@@ -668,7 +674,12 @@ def search_cmd(
             check_kind(archive.catalog.engine, kind)
         _warn_unknown_names(archive.catalog.engine, q)
         # the read is recorded before anything is shown; if it cannot be, nothing is shown
-        found = count(archive.catalog.engine, q)
+        if count_only or limit is None:
+            found, page = count(archive.catalog.engine, q), None
+        else:  # a page: counted beside reading it
+            from wxarchive.search.query import count_and_page
+
+            found, page = count_and_page(archive.catalog.engine, q, tz)
         shown = max(0, min(found - offset, limit) if limit else found - offset)
         extra = {"limit": limit, "offset": offset or None, "count_only": count_only or None}
         archive.access_log().record("search", query={**words, **{k: v for k, v in extra.items() if v is not None}},
@@ -680,7 +691,7 @@ def search_cmd(
 
         names = Directory(archive.catalog.engine)
         n = 0
-        for r in search(archive.catalog.engine, q, tz):
+        for r in page if page is not None else search(archive.catalog.engine, q, tz):
             n += 1
             spans = highlights(q, r["text"])
             r["sender_name"] = names.person(r["source"], r["sender"], r["sent_at_ms"]).display if r["sender"] else None
@@ -937,7 +948,7 @@ def reindex_cmd() -> None:
     """Drop the catalog and rebuild it from the journal."""
     from wxarchive.ingest import reindex
 
-    archive, _ = _open_archive()
+    archive, _ = _open_archive(rebuilding=True)
     _setup_logging(state.home)
     n = reindex(archive)
     archive.close()

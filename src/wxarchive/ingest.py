@@ -777,9 +777,11 @@ class WeComCapture:
                 "error": result.error, "counts": dict(result.counts), "media": dict(result.media),
                 "cursor": result.cursor, "gaps": result.gaps}
         now = int(time.time() * 1000)
-        serial = self.archive.journal.append("run.end", meta, at=now)
+        self.archive.journal.append("run.end", meta, at=now)
         self.archive.journal.sync()
-        apply(self.archive, [Entry(serial, now, "run.end", meta, b"")])
+        # an interrupt may have stopped a batch's catalog transaction: the catalog catches up
+        # to the journal (whatever it lacks, then this run.end) rather than apply out of step
+        catch_up(self.archive)
         if self._media_pool is not None:
             self._media_pool.shutdown(wait=True, cancel_futures=True)
         for sdk in self._media_sdks + ([self._sdk] if self._sdk is not None else []):

@@ -76,7 +76,7 @@ class Archive:
 
     @classmethod
     def open(cls, home: Path, *, create: bool = False, master_key_file: str | None = None,
-             readonly: bool = False, encrypt_catalog: bool = False) -> Archive:
+             readonly: bool = False, encrypt_catalog: bool = False, rebuilding: bool = False) -> Archive:
         """Open (or with ``create`` make) the archive at ``home``.
 
         A writer takes the archive's writer lock first (:class:`ArchiveError` if another
@@ -119,8 +119,10 @@ class Archive:
             cps = list_checkpoints(home / "journal")
             last = int(cps[-1].stem.split("-")[1]) if cps else 0
             # what a torn-tail repair may never cut: signed, or already in the catalog
-            floor = max(last, catalog.applied_serial() if not readonly else 0)
+            floor = max(last, catalog.applied_serial() if not readonly and not rebuilding else 0)
             journal = Journal.open(home / "journal", master, readonly=readonly, durable_floor=floor)
+            if not readonly:
+                _check_journal_end(home, journal.head_serial, last, catalog.applied_serial(), rebuilding)
             blobs = BlobStore(home / "blobs", master)
             signer = None if readonly else Signer.load_or_create(home / "keys", master)
         except BaseException:
@@ -249,6 +251,23 @@ class Archive:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_journal_end(home: Path, head: int, signed: int, applied: int, rebuilding: bool) -> None:
+    """A writer never appends to a journal that ends below what was relied on: its next entries
+    would take the serials of entries a checkpoint signed or the catalog holds, and the next
+    checkpoint would sign over the removal. ``rebuilding`` (reindex drops the catalog): only
+    the signed checkpoints count."""
+    if head < signed:
+        raise ArchiveError(f"{home / 'journal'}: ends at entry {head}, but a signed checkpoint "
+                           f"(journal/checkpoints/cp-{signed:012d}.json) covers entries up to {signed}: entries "
+                           "were removed from its end (or an older copy was put in its place); nothing is "
+                           "written to it: run 'wxarchive verify', and restore the journal from backup")
+    if head < applied and not rebuilding:
+        raise ArchiveError(f"{home / 'journal'}: ends at entry {head}, but the catalog reflects entries up to "
+                           f"{applied}: the journal lost entries, or the catalog is from another copy; run "
+                           "'wxarchive verify', then restore the journal from backup or rebuild the catalog "
+                           "from the journal with 'wxarchive reindex'")
 
 
 def _take_writer_lock(home: Path) -> int:

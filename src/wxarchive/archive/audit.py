@@ -113,6 +113,11 @@ class AccessLog:
     def _locked(self, fn, meta: dict[str, Any] | None):
         """``fn(journal, signer)`` under the append lock, on the log opened for appending and
         checked against its signed head (a torn tail above it cut, and said in the log)."""
+        vouched = self._vouched()
+        if vouched is not None and not self.dir.is_dir():  # never start a new log in its place
+            raise AuditError(f"{self.dir}: missing, but {vouched[0]} vouches for its entry {vouched[1]} (the access "
+                             "log was deleted): restore it from backup; run 'wxarchive verify'; refusing to show "
+                             "results")
         try:
             self.dir.mkdir(mode=0o700, exist_ok=True)
             fd = os.open(self.dir / "append.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -127,6 +132,10 @@ class AccessLog:
             try:
                 signer = Signer.load(self.home / "keys", self.master)
                 self._check_head(journal, signer)
+                if vouched is not None and journal.head_serial < vouched[1]:
+                    raise AuditError(f"{self.dir}: ends at entry {journal.head_serial}, but {vouched[0]} vouches "
+                                     f"for its entry {vouched[1]} (cut back or an older copy put in its place): "
+                                     "restore it from backup; run 'wxarchive verify'; refusing to show results")
                 if journal.repair is not None:  # said in the log itself, before this access
                     journal.append(EVENT_KIND, {**(meta or self._who()), "action": "audit.repair",
                                                 "query": journal.repair, "results": None, "files": []})
@@ -144,6 +153,23 @@ class AccessLog:
     def _who(self) -> dict[str, Any]:
         return {"who": current_user(), "on_behalf_of": os.environ.get("WXARCHIVE_ON_BEHALF_OF") or None,
                 "host": socket.gethostname(), "pid": os.getpid()}
+
+    def _vouched(self) -> tuple[str, int] | None:
+        """(checkpoint file, access-log serial) the newest journal checkpoint anchored, if any: the
+        log must hold at least that much (a hint checked on every access; verify checks the
+        signatures and hashes)."""
+        from wxarchive.archive.checkpoints import list_checkpoints
+
+        cps = list_checkpoints(self.home / "journal")
+        if not cps:
+            return None
+        try:
+            cp = read_checkpoint(cps[-1])
+        except CheckpointError:
+            return None  # verify reports it
+        if cp.audit_serial is None or cp.archive_id != self.archive_id:
+            return None
+        return f"journal/checkpoints/{cps[-1].name}", cp.audit_serial
 
     def _head_hint(self) -> int:
         """The serial the signed head names (0 if none can be read): a floor, not a proof."""

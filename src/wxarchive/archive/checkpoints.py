@@ -149,6 +149,14 @@ def write_checkpoint(journal_dir: Path, cp: Checkpoint) -> Path:
     d = checkpoint_dir(journal_dir)
     d.mkdir(exist_ok=True)
     path = d / f"cp-{cp.serial:012d}.json"
+    if path.exists():  # re-signed (the same head, later): fine; another head at that serial: never
+        try:
+            old = read_checkpoint(path)
+        except CheckpointError:
+            old = None
+        if old is None or old.head_hash != cp.head_hash or old.archive_id != cp.archive_id:
+            raise CheckpointError(f"{path}: already signs entry {cp.serial} with another hash (or is unreadable): "
+                                  "the journal's history differs from what was signed; run 'wxarchive verify'")
     write_atomic(path, cp.to_json().encode(), 0o644)
     return path
 

@@ -498,9 +498,7 @@ class Journal:
         """Before an append whose budget is spent: open the tail, or write the pending frames,
         or start a new segment when this one is full; then set the next budget."""
         self._settle()
-        if self._failed is not None:
-            raise JournalError(f"{self.dir}: an earlier write or fsync failed ({self._failed}); "
-                               "reopen the journal") from None
+        self._check_usable()
         limit = self.segment_bytes or SEGMENT_BYTES
         if self._file is None:
             if self.readonly:
@@ -602,7 +600,7 @@ class Journal:
             self._write_pending()
             try:
                 os.fsync(self._file.fileno())
-            except BaseException as e:
+            except OSError as e:  # (an interrupt leaves the file as it was: the next sync tries again)
                 self._failed = e
                 raise
             self._synced = self.head_serial
@@ -638,17 +636,19 @@ class Journal:
         try:
             fut.result()
         except BaseException as e:
-            if fut.done():  # the fsync itself failed (not an interrupt of this wait)
+            if fut.done() and fut.exception() is not None:  # the fsync failed (not an interrupt of this wait)
                 self._inflight = None
-                self._failed = e
+                self._failed = fut.exception()
             raise
         self._inflight = None
         self._synced = max(self._synced, serial)
 
     def _check_usable(self) -> None:
         if self._failed is not None:
-            raise JournalError(f"{self.dir}: an earlier write or fsync failed ({self._failed}); "
-                               "reopen the journal") from None
+            what = "a write was interrupted" if isinstance(self._failed, KeyboardInterrupt) else \
+                f"an earlier write or fsync failed ({self._failed})"
+            raise JournalError(f"{self.dir}: {what}; reopen the journal (the next run cuts what was half "
+                               "written)") from None
 
     def _close_file(self) -> None:
         if self._file is not None:

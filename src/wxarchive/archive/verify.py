@@ -464,6 +464,17 @@ def _check_checkpoint(name: str, cp: Checkpoint, public, archive_id: str, walk: 
 # ---- blobs ------------------------------------------------------------------------------
 
 
+def _blob_ok(home: Path, master: MasterKeyProvider, sha: str | None) -> bool:
+    """Whether blob ``sha`` is stored now and reads back intact."""
+    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        return False
+    try:
+        BlobStore(home / "blobs", master).get(sha)
+    except (BlobError, KeyError_, ValueError, OSError):
+        return False
+    return True
+
+
 def _check_blobs(home: Path, master: MasterKeyProvider, report: Report, progress: ProgressFn) -> set[str]:
     store = BlobStore(home / "blobs", master)
     good: set[str] = set()
@@ -547,7 +558,11 @@ class _CatalogCheck:
         self.report.catalog_messages += what == "message"
         return next(cursor, None)
 
-    def finish(self, good_blobs: set[str] | None) -> None:
+    def finish(self, good_blobs: set[str] | None, recheck=lambda sha: False) -> None:
+        """The end of the merge joins, and every attachment the catalog has as present against
+        ``good_blobs`` (those read back intact); one not among them is read again with
+        ``recheck`` before it is reported: an ingest running beside verify stores blobs after
+        they were listed."""
         if self.applied > self.report.head_serial:
             self._problem(f"reflects journal entries up to {self.applied} but the journal ends at "
                           f"{self.report.head_serial} (entries removed)", None)
@@ -560,7 +575,7 @@ class _CatalogCheck:
             for sha, msgid in self.con.execute(
                     "SELECT a.sha256, m.msgid FROM attachments a JOIN messages m ON m.id = a.message_id "
                     "WHERE a.state = 'present'"):
-                if sha not in good_blobs:
+                if sha not in good_blobs and not recheck(sha):
                     self.report.add(Problem("blob", f"blobs/{(sha or '')[:2]}/{(sha or '')[2:4]}/{sha}",
                                             f"attachment of message {msgid} is missing or damaged"))
 
@@ -632,11 +647,17 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
         journal_blobs: dict[str, int] = {}  # sha256 -> first entry saying it was stored
         tombstoned: set[str] = set()
         purged_blobs: set[str] = set()
-        journal_anchor: tuple[str, int, str] | None = None  # the newest audit.anchor entry's
+        journal_anchors: list[tuple[str, int, str]] = []  # every audit.anchor entry's, in order
         try:
             for seen in walk.walk():
                 if seen.anchor is not None:
-                    journal_anchor = (f"journal entry {seen.serial} (audit.anchor)", *seen.anchor)
+                    name = f"journal entry {seen.serial} (audit.anchor)"
+                    if journal_anchors and seen.anchor[0] < journal_anchors[-1][1]:
+                        report.add(Problem("audit", name, f"vouches for access-log entry {seen.anchor[0]}, below "
+                                                          f"entry {journal_anchors[-1][1]} that "
+                                                          f"{journal_anchors[-1][0]} vouched for (the access log "
+                                                          "was rolled back or replaced)", seen.anchor[0]))
+                    journal_anchors.append((name, *seen.anchor))
                 if seen.blob is not None:
                     journal_blobs.setdefault(seen.blob, seen.serial)
                 if seen.tomb is not None:
@@ -685,18 +706,17 @@ def verify_archive(home: Path, master: MasterKeyProvider, archive_id: str, *,
                    for name, cp in cps + ([(str(against), external)] if external else [])
                    if cp.audit_serial is not None and public is not None and signature_ok(cp, public)
                    and cp.archive_id == archive_id]
-        if journal_anchor is not None:  # in the hash chain: outlives deleted checkpoint files
-            anchors.append(journal_anchor)
+        anchors += journal_anchors  # in the hash chain: they outlive deleted checkpoint files
         _check_audit(home / "audit", master, public, archive_id, report, progress, anchors)
         good = _check_blobs(home, master, report, progress) if blobs else None
         if good is not None:
             for sha, serial in journal_blobs.items():
-                if sha not in good and sha not in purged_blobs:
+                if sha not in good and sha not in purged_blobs and not _blob_ok(home, master, sha):
                     report.add(Problem("blob", f"blobs/{sha[:2]}/{sha[2:4]}/{sha}",
                                        f"stored per journal entry {serial}, but missing or damaged", serial))
         if check is not None:
             try:
-                check.finish(good)
+                check.finish(good, lambda sha: _blob_ok(home, master, sha))
             except _DB_ERRORS as e:
                 report.add(Problem("catalog", "catalog.db", f"unreadable ({e})"))
     finally:
@@ -709,7 +729,7 @@ def _check_audit(audit_dir: Path, master: MasterKeyProvider, public, archive_id:
                  progress: ProgressFn, anchors: list[tuple[str, int, str]] = ()) -> None:
     """The access audit log: the same journal checks, its signed head, and the heads the journal
     anchored (``anchors``: (who vouches, access-log serial, its hash), from checkpoints whose
-    signature was checked and from the journal's newest ``audit.anchor`` entry)."""
+    signature was checked and from every ``audit.anchor`` entry of the journal)."""
     if not audit_dir.is_dir():
         if anchors:
             name, a_serial, _ = max(anchors, key=lambda a: a[1])

@@ -405,6 +405,18 @@ def search(engine, q: Query, tz: str = "UTC") -> Iterator[dict[str, Any]]:
         yield row_to_result(r, atts.get(r["id"], []), tz)
 
 
+def count_and_page(engine, q: Query, tz: str = "UTC") -> tuple[int, list[dict[str, Any]]]:
+    """What a search shows: how many messages match, and the page ``q`` asks for. The count runs
+    in a thread on a connection of its own while the page is read (SQLite lets go of the GIL
+    while it works), so on two cores a search costs about the longer of the two, not their sum."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="wxarchive-count") as pool:
+        counted = pool.submit(count, engine, q)
+        rows = list(search(engine, q, tz))
+        return counted.result(), rows
+
+
 def _walk_page(conn, q: Query):
     """A page of a text search whose terms are common, found by walking the messages in time
     order and testing each with instr() until the page is full: for a term in one message of

@@ -298,8 +298,10 @@ class SdkWorker:
 
 
 def _isolate_child() -> None:
-    """No core dumps (they would hold the secret and keys); fds 0–2 on /dev/null."""
+    """No core dumps (they would hold the secret and keys); fds 0–2 on /dev/null; a Ctrl-C at the
+    terminal (sent to the whole process group) is the parent's to act on, which stops cleanly."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
