@@ -180,3 +180,10 @@ def test_odd_input_from_a_break_it_trial_gets_one_line_errors(home):
         db.execute("DROP TABLE messages_uni")
     err = _clean(_cli(home, "search", "钱"))
     assert "the catalog cannot answer" in err and "wxarchive reindex" in err
+
+
+def test_a_master_key_file_that_is_a_folder_is_named_as_such(home, tmp_path):
+    folder = tmp_path / "keys-folder"
+    folder.mkdir(mode=0o755)
+    msg = _clean(_cli(home, "status", WXARCHIVE_MASTER_KEY_FILE=str(folder)))
+    assert "is a folder: name the key file itself" in msg and "chmod" not in msg

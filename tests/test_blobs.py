@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
@@ -27,3 +28,21 @@ def test_replaced_blob_is_detected(tmp_path, master):
     store.path(a).write_bytes(store.path(b).read_bytes())
     with pytest.raises(BlobError, match="authentication"):
         store.get(a)
+
+
+def test_partial_blob_files_of_a_killed_writer_are_swept(tmp_path, master):
+    import subprocess
+    import sys
+
+    from wxarchive.archive.blobs import BlobStore
+
+    store = BlobStore(tmp_path / "blobs", master)
+    sha = store.put(b"kept")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    left = store.path(sha).with_name("ab" * 32 + f".tmp{dead}")
+    left.write_bytes(b"half a blob")
+    mine = store.path(sha).with_name("cd" * 32 + f".tmp{os.getpid()}")  # a live writer's: kept
+    mine.write_bytes(b"being written")
+    assert store.sweep() == 1
+    assert not left.exists() and mine.exists() and store.get(sha) == b"kept"

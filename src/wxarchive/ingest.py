@@ -649,6 +649,7 @@ class WeComCapture:
     def run(self) -> RunResult:
         archive, source = self.archive, self.opts.source
         catch_up(archive)
+        archive.blobs.sweep()  # partial blob files a killed run left
         ended = []
         # each entry's time as journaled (at=): what reindex gives the catalog, it gets now
         now = int(time.time() * 1000)
@@ -866,6 +867,7 @@ def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, 
 
     manifest = open_export(folder, expect_fingerprint)
     catch_up(archive)
+    archive.blobs.sweep()  # partial blob files a killed run left
     result = ImportResult(signed_by=manifest["key_fingerprint"], archive_id=manifest.get("archive_id", ""))
     j = archive.journal
     runs: dict[str, int] = {}

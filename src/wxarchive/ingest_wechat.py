@@ -149,6 +149,7 @@ def ingest_wechat(archive: Archive, reader, policy: Policy, progress: ProgressFn
     source = source_of(reader)
     result = WeChatResult(source)
     j = archive.journal
+    archive.blobs.sweep()  # partial blob files a killed run left
     cursor_text = archive.catalog.cursor(source)
     stored: dict[str, Any] = json.loads(cursor_text) if cursor_text else {}
     cursor: dict[str, int] = {k: (v[0] if isinstance(v, list) else v) for k, v in stored.items()}

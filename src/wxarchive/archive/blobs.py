@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from wxarchive.archive.files import write_atomic
+from wxarchive.archive.files import sweep_temporaries, write_atomic
 from wxarchive.archive.keys import MasterKeyProvider, new_data_key
 
 MAGIC = b"WXB1"
@@ -51,6 +51,11 @@ class BlobStore:
         ct = AESGCM(key).encrypt(nonce, data, digest.encode())
         write_atomic(final, MAGIC + struct.pack(">H", len(wrapped)) + wrapped + nonce + ct, 0o600)
         return digest
+
+    def sweep(self) -> int:
+        """Remove partial blob files a killed writer left (their process is gone); how many.
+        Called by the runs that store blobs, before they store any."""
+        return sweep_temporaries(self.dir) if self.dir.is_dir() else 0
 
     def get(self, sha256: str) -> bytes:
         p = self.path(sha256)

@@ -37,3 +37,17 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def sweep_temporaries(folder: Path) -> int:
+    """Remove the ``<name>.tmp<pid>`` files ``write_atomic`` left below ``folder`` when its
+    process was killed (that process no longer runs); how many. A writer calls it on open."""
+    import re
+
+    n = 0
+    for p in folder.rglob("*.tmp*"):
+        m = re.fullmatch(r".+\.tmp([0-9]+)", p.name)
+        if m and p.is_file() and not p.is_symlink() and not pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n

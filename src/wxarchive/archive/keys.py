@@ -104,6 +104,8 @@ def master_key_path(archive_id: str, key_file: str | os.PathLike | None = None) 
 
 
 def read_key_file(path: Path) -> LocalMasterKey:
+    if path.is_dir():
+        raise KeyError_(f"master key file {path} is a folder: name the key file itself")
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise KeyError_(f"master key file {path} is readable by others (mode {mode:o}); chmod 600 it")
