@@ -17,8 +17,8 @@ rare characters, as in docs/search-and-storage.md) with:
 
 with recall against the scan, the speed-up p95(scan) / p95(wxarchive), the median number of
 hits, and p95 of the interactive forms: ``count``, the first page (50, time order, with
-attachments), and ``search``: both one after the other, which is what ``wxarchive search
-TEXT [filters] --limit 50`` runs; beside it ``brute``: ``instr()`` over every row (NOT INDEXED),
+attachments), and ``search``: both, the count in a thread beside the page
+(``count_and_page``), which is what ``wxarchive search TEXT [filters] --limit 50`` runs; beside it ``brute``: ``instr()`` over every row (NOT INDEXED),
 the plain brute force, which for the filtered classes differs from ``scan`` (narrowed by the
 sender/time index). Verdicts are printed for the search as run against the brute force, the
 first page alone, and every id. Targets: recall
@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from wxarchive.search.query import Query, count, matching_ids, search
+from wxarchive.search.query import Query, count, count_and_page, matching_ids, search
 from wxarchive.simulate.search_corpus import SOURCE, fill, generate
 
 
@@ -254,7 +254,7 @@ def main() -> None:
             page = Query(text=q, literal=True, source=SOURCE, limit=50, **f)
             t_page, _ = timed(lambda: list(search(engine, page)))
             # what `wxarchive search TEXT [filters]` does: the count, then the first page
-            t_search, _ = timed(lambda: (count(engine, query), list(search(engine, page))))
+            t_search, _ = timed(lambda: count_and_page(engine, page))
             t_brute = timed(lambda: scan(db, q, f, brute=True))[0] if f else t_scan
             searches.append(t_search)
             brutes.append(t_brute)

@@ -210,3 +210,17 @@ def test_pages_of_common_and_rare_terms_equal_brute_force_order(corpus, walk, mo
         assert sum(1 for r in walked if r is not None) >= 20  # the walk itself answered most pages
     if walk == "interrupted":  # cut off at once: the indexes answered, on the same connection
         assert sum(1 for r in walked if r is None) >= 20
+
+
+def test_count_and_page_equal_the_count_and_the_page_apart(corpus):
+    """What `search` shows (count in a thread beside the page) is the two answers taken apart."""
+    from wxarchive.search.query import count_and_page
+
+    engine, msgs = corpus
+    for text, kw in (("的", {}), ("invoice", {}), ("👍", {"kind": "text"}), ("ok", {}), ("zzz-not-there", {})):
+        q = Query(text=text, limit=50, **kw)
+        n, rows = count_and_page(engine, q)
+        assert n == count(engine, q) == len(_found(engine, Query(text=text, **kw)))
+        assert [r["msgid"] for r in rows] == [r["msgid"] for r in search(engine, q)]
+    with pytest.raises(QueryError):  # a query that cannot run fails as it does alone
+        count_and_page(engine, Query(text="(合同", limit=50))
