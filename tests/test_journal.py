@@ -135,11 +135,10 @@ def test_nonces_never_repeat_under_a_segment_key(tmp_path, master):
     assert len(nonces) == 64 and len(set(nonces)) == 64  # 60, the last cut, 5 more
 
 
-def test_failed_fsync_is_not_retried(tmp_path, master, monkeypatch):
-    """After a write or fsync fails the journal refuses to report anything durable (the kernel may
-    have dropped the pages it could not write); reopening starts from what the file holds."""
+def _unsynced_entry_under_a_failing_fsync(tmp_path, master, monkeypatch, n: int) -> Journal:
+    """A journal of ``n`` durable entries and one more appended, whose fsync will fail (EIO)."""
     with Journal.open(tmp_path, master) as j:
-        _fill(j, 5)
+        _fill(j, n)
     j = Journal.open(tmp_path, master)
     j.append("test.record", {"source": "s", "key": "lost"}, b"x")
 
@@ -147,6 +146,13 @@ def test_failed_fsync_is_not_retried(tmp_path, master, monkeypatch):
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(jmod.os, "fsync", failing_fsync)
+    return j
+
+
+def test_failed_fsync_is_not_retried(tmp_path, master, monkeypatch):
+    """After a write or fsync fails the journal refuses to report anything durable (the kernel may
+    have dropped the pages it could not write); reopening starts from what the file holds."""
+    j = _unsynced_entry_under_a_failing_fsync(tmp_path, master, monkeypatch, 5)
     with pytest.raises(OSError):
         j.sync()
     monkeypatch.undo()
@@ -358,15 +364,7 @@ def test_sync_start_runs_the_fsync_beside_the_caller_and_sync_wait_makes_durable
 
 
 def test_a_failed_background_fsync_is_reported_and_the_journal_refuses(tmp_path, master, monkeypatch):
-    with Journal.open(tmp_path, master) as j:
-        _fill(j, 2)
-    j = Journal.open(tmp_path, master)
-    j.append("test.record", {"source": "s", "key": "lost"}, b"x")
-
-    def failing_fsync(fd):
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(jmod.os, "fsync", failing_fsync)
+    j = _unsynced_entry_under_a_failing_fsync(tmp_path, master, monkeypatch, 2)
     covered = j.sync_start()
     with pytest.raises(OSError):
         j.sync_wait(covered)
