@@ -164,3 +164,52 @@ def test_an_altered_export_is_refused_whatever_was_recomputed(exported, source, 
     fp = _cli(source, "keys", "public").stderr.split("fingerprint (SHA-256 of the raw key): ")[1].strip()
     ok = _cli(tmp_path / "pinned", "import", str(exported), "--expect-key", fp)
     assert ok.returncode == 0 and "(verified)" in ok.stdout
+
+
+def test_an_export_of_everything_carries_the_directory_and_holds_into_the_import(ingested, tmp_path):
+    """The migration path gives the same catalog: names, mobiles and e-mails from the directory
+    (so a search by name finds the same messages) and the legal holds, each once however often
+    the export is imported; an export of a selection leaves the firm's directory out."""
+    home = tmp_path / "src"
+    shutil.copytree(ingested, home)
+    with Archive.open(home, readonly=True) as ar:
+        with ar.catalog.engine.connect() as c:
+            uid = c.exec_driver_sql("SELECT sender FROM messages WHERE sender IS NOT NULL "
+                                    "GROUP BY sender ORDER BY count(*) DESC LIMIT 1").scalar()
+    hr = tmp_path / "hr.csv"
+    hr.write_text(f"id,name,mobile,email\n{uid},迁移测试,+86 139-0000-1111,migrate@example.com\n", encoding="utf-8")
+    assert _cli(home, "directory", "import", str(hr)).returncode == 0
+    assert _cli(home, "hold", "create", "case-7", "--reason", "litigation", "--sender", uid).returncode == 0
+    n = _cli(home, "search", "--sender", "迁移测试", "--count").stdout.strip()
+    assert int(n) > 0
+
+    out = tmp_path / "all"
+    assert _cli(home, "export", "--format", "jsonl", "--out", str(out)).returncode == 0
+    kinds = [json.loads(line)["kind"] for line in (out / "state.jsonl").read_text().splitlines()]
+    assert "directory.import" in kinds and "admin.hold.create" in kinds
+    assert json.loads((out / "manifest.json").read_text())["counts"]["state_entries"] == len(kinds)
+
+    dest = tmp_path / "dest"
+    done = _cli(dest, "import", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"entries: {len(kinds)} new, 0 already present" in done.stdout
+    assert _cli(dest, "search", "--sender", "迁移测试", "--count").stdout.strip() == n
+    assert _cli(dest, "search", "--sender", "+86 139 0000 1111", "--count").stdout.strip() == n
+    holds = [json.loads(x) for x in _cli(dest, "hold", "list", "--json").stdout.splitlines()]
+    assert [h["name"] for h in holds] == ["case-7"]
+
+    def people(h):
+        with Archive.open(h, readonly=True) as ar, ar.catalog.engine.connect() as c:
+            return sorted(tuple(v for k, v in r._mapping.items() if k not in ("row", "serial"))
+                          for r in c.execute(select(s.people)))
+
+    assert people(dest) == people(home)
+    again = _cli(dest, "import", str(out))
+    assert f"entries: 0 new, {len(kinds)} already present" in again.stdout
+    assert people(dest) == people(home)
+    events = [json.loads(x) for x in _cli(dest, "audit", "--json", "--action", "admin.import").stdout.splitlines()]
+    assert len(events) == 2 and events[0]["query"]["state_entries"] == len(kinds)
+
+    some = tmp_path / "some"
+    assert _cli(home, "export", "--format", "jsonl", "--out", str(some), "--sender", uid).returncode == 0
+    assert not (some / "state.jsonl").exists()

@@ -950,8 +950,11 @@ def reindex_cmd() -> None:
 
     archive, _ = _open_archive(rebuilding=True)
     _setup_logging(state.home)
-    n = reindex(archive)
-    archive.close()
+    try:
+        n = reindex(archive)
+        archive.record_admin_event("admin.reindex", {"entries": n})  # who rebuilt the catalog, when
+    finally:
+        archive.close()
     out.print(f"catalog rebuilt from {n} journal entries")
 
 
@@ -1612,11 +1615,21 @@ def import_cmd(
     The manifest's signature and every file's SHA-256 are checked first; an altered export
     is refused (exit 1). Pass --expect-key to also pin who signed it.
     """
-    from wxarchive.capture.jsonl import ImportError_, TamperedExport
+    from wxarchive.capture.jsonl import ImportError_, TamperedExport, open_export
     from wxarchive.ingest import import_export
 
     if not folder.is_dir():
         fail(f"{folder}: no such folder")
+
+    def checked():  # the export is checked (again, inside the import) before any archive is made
+        try:
+            return open_export(folder, expect_key)
+        except TamperedExport as e:
+            fail(str(e), 1)
+        except ImportError_ as e:
+            fail(str(e))
+
+    checked()
     archive, _ = _open_archive(create=True)
     _setup_logging(state.home)
     try:
@@ -1626,13 +1639,18 @@ def import_cmd(
             fail(str(e), 1)
         except ImportError_ as e:
             fail(str(e))
+        archive.record_admin_event("admin.import", {
+            "folder": str(folder.resolve()), "from_archive": res.archive_id, "signed_by": res.signed_by,
+            "records": res.records, "messages": res.messages, "duplicates": res.duplicates,
+            "state_entries": res.state, "problems": len(res.problems)})
     finally:
         archive.close()
     for p in res.problems[:20]:
         err.print(f"[yellow]warning:[/] {safe(p)}", highlight=False)
     out.print(f"export of archive {res.archive_id} signed by key {res.signed_by[:16]}… (verified)", highlight=False)
     out.print(f"imported {res.records} record(s): {res.messages} message(s), {res.quarantined} quarantined, "
-              f"{res.duplicates} already present, {res.media} media file(s)"
+              f"{res.duplicates} already present, {res.media} media file(s); directory, census and hold "
+              f"entries: {res.state} new, {res.state_duplicates} already present"
               + (f"; {len(res.problems)} problem(s)" if res.problems else ""), highlight=False)
     if res.problems:
         raise typer.Exit(1)

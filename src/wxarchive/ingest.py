@@ -850,6 +850,8 @@ class ImportResult:
     quarantined: int = 0
     duplicates: int = 0
     media: int = 0
+    state: int = 0  # directory, census and hold entries journaled
+    state_duplicates: int = 0  # ... already held
     problems: list[str] = field(default_factory=list)
     signed_by: str = ""
     archive_id: str = ""
@@ -863,7 +865,7 @@ def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, 
     Media bytes are stored (and checked against their SHA-256) before the entry naming them.
     The import is one run per source in the catalog, so status reconciles.
     """
-    from wxarchive.capture.jsonl import media_bytes, open_export, read_entries
+    from wxarchive.capture.jsonl import STATE_KINDS, media_bytes, open_export, read_entries, read_state, state_digest
 
     manifest = open_export(folder, expect_fingerprint)
     catch_up(archive)
@@ -886,6 +888,24 @@ def import_export(archive: Archive, folder: Path, progress: ProgressFn = _noop, 
             pending.clear()
             parsed.clear()
 
+    # the directory, censuses and holds first (an export of everything carries them), each once
+    have: set[str] | None = None
+    for e in read_state(folder, result.problems):
+        if have is None:
+            have = {state_digest(x.kind, x.time, x.meta, x.data) for x in j.entries(kinds=STATE_KINDS)}
+        meta = {k: v for k, v in e.meta.items() if k not in ("retained_from", "imported_from")}
+        digest = state_digest(e.kind, e.time, meta, e.data)
+        if digest in have:
+            result.state_duplicates += 1
+            continue
+        have.add(digest)
+        meta["imported_from"] = result.archive_id
+        serial = j.append(e.kind, meta, e.data, at=e.time)
+        pending.append(Entry(serial, e.time, e.kind, meta, e.data))
+        result.state += 1
+        if len(pending) >= batch:
+            flush()
+    flush()
     for e in read_entries(folder, result.problems):
         src, key = e.meta["source"], e.meta["key"]
         if src not in runs:

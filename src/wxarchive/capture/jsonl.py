@@ -19,6 +19,9 @@ from typing import Any
 
 FORMAT = "wxarchive-export/1"
 KINDS = {"wecom.chatdata", "wecom.message", "wechat.row", "media", "quarantine"}
+# state.jsonl (an export of everything): directory, censuses and holds (export/jsonl.py writes them)
+STATE_KINDS = {"wecom.directory", "directory.import", "wechat.directory", "directory.snapshot", "wechat.census",
+               "admin.hold.create", "admin.hold.release"}
 
 
 class ImportError_(Exception):
@@ -74,6 +77,36 @@ def read_entries(folder: Path, problems: list[str]) -> Iterator[ExportedEntry]:
                                     base64.b64decode(d.get("data") or "", validate=True))
             except (ValueError, KeyError, TypeError, binascii.Error) as e:
                 problems.append(f"{path} line {n}: skipped ({e.__class__.__name__}: {str(e)[:80]})")
+
+
+def read_state(folder: Path, problems: list[str]) -> Iterator[ExportedEntry]:
+    """The entries of ``state.jsonl`` (absent from exports of a selection, and from exports
+    written before it existed: then nothing)."""
+    path = folder / "state.jsonl"
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                kind, meta = d["kind"], d["meta"]
+                if kind not in STATE_KINDS or not isinstance(meta, dict):
+                    raise ValueError("unknown kind or metadata that is not an object")
+                yield ExportedEntry(n, int(d["serial"]), int(d["time"]), kind, meta,
+                                    base64.b64decode(d.get("data") or "", validate=True))
+            except (ValueError, KeyError, TypeError, binascii.Error) as e:
+                problems.append(f"{path} line {n}: skipped ({e.__class__.__name__}: {str(e)[:80]})")
+
+
+def state_digest(kind: str, time: int, meta: dict[str, Any], data: bytes) -> str:
+    """What makes two state entries the same one (an import of it repeated, or carried by a
+    purge): kind, time, metadata but where it was carried or imported from, and data."""
+    body = {k: v for k, v in meta.items() if k not in ("retained_from", "imported_from")}
+    h = hashlib.sha256(json.dumps([kind, time, body], ensure_ascii=False, sort_keys=True).encode())
+    h.update(data)
+    return h.hexdigest()
 
 
 def media_bytes(folder: Path, sha256: str) -> bytes | None:

@@ -10,6 +10,12 @@
                          for a reviewer; protect the folder)
     DIR/audit.jsonl      the archive's audit trail: every admin event of the journal and
                          every access-log event (who read, exported, held, purged what)
+    DIR/state.jsonl      (an export of everything only) the journal entries the catalog's
+                         other tables come from, in journal order: directory answers and
+                         imports, device contact lists, purge snapshots of them, WeChat
+                         censuses, legal holds placed and released — so that an import into
+                         an empty archive has the same names, consent and holds (a selection
+                         leaves them out: the firm's directory is not the reviewer's business)
     DIR/checkpoint.json  the archive's newest signed checkpoint, with the public key
     DIR/manifest.json    the query, who ran it, when, every file with its SHA-256 and size,
                          and counts reconciled with the search count; signed (Ed25519) with
@@ -34,6 +40,9 @@ from wxarchive.search.query import Query, count, search
 
 FORMAT = "wxarchive-export/1"
 RECORD_KINDS = {"wecom.chatdata", "wecom.message", "wechat.row", "media", "quarantine"}
+# what state.jsonl holds (capture/jsonl.py reads the same kinds back)
+STATE_KINDS = {"wecom.directory", "directory.import", "wechat.directory", "directory.snapshot", "wechat.census",
+               "admin.hold.create", "admin.hold.release"}
 __all__ = ["ExportError", "ExportResult", "export_jsonl", "manifest_payload", "FORMAT"]
 
 
@@ -45,7 +54,13 @@ class ExportResult:
     entries: int = 0
     media: int = 0
     audit_events: int = 0
+    state_entries: int = 0
     files: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _line(e) -> str:
+    return json.dumps({"serial": e.serial, "time": e.time, "kind": e.kind, "meta": e.meta,
+                       "data": base64.b64encode(e.data).decode()}, ensure_ascii=False) + "\n"
 
 
 def export_jsonl(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz: str = "UTC",
@@ -70,18 +85,26 @@ def export_jsonl(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz
     total = archive.journal.head_serial or 1
     media: set[str] = set()
     last_serial = 0
-    with open(out / "records.jsonl", "w", encoding="utf-8") as f:
-        for e in archive.journal.entries():
-            last_serial = e.serial
-            if e.serial % 5000 == 0:
-                progress(e.serial, total)
-            if e.kind not in RECORD_KINDS or (e.source, e.key) not in keys:
-                continue
-            f.write(json.dumps({"serial": e.serial, "time": e.time, "kind": e.kind, "meta": e.meta,
-                                "data": base64.b64encode(e.data).decode()}, ensure_ascii=False) + "\n")
-            result.entries += 1
-            if e.kind == "media" and e.meta.get("state") == "present" and e.meta.get("sha256"):
-                media.add(e.meta["sha256"])
+    state = open(out / "state.jsonl", "w", encoding="utf-8") if everything else None
+    try:
+        with open(out / "records.jsonl", "w", encoding="utf-8") as f:
+            for e in archive.journal.entries():
+                last_serial = e.serial
+                if e.serial % 5000 == 0:
+                    progress(e.serial, total)
+                if state is not None and e.kind in STATE_KINDS:
+                    state.write(_line(e))
+                    result.state_entries += 1
+                    continue
+                if e.kind not in RECORD_KINDS or (e.source, e.key) not in keys:
+                    continue
+                f.write(_line(e))
+                result.entries += 1
+                if e.kind == "media" and e.meta.get("state") == "present" and e.meta.get("sha256"):
+                    media.add(e.meta["sha256"])
+    finally:
+        if state is not None:
+            state.close()
     for sha in sorted(media):
         if not archive.blobs.has(sha):  # purged or lost: the manifest counts what was written
             continue
@@ -103,6 +126,6 @@ def export_jsonl(archive, q: Query, out: Path, *, query_text: dict[str, Any], tz
         archive, out, fmt=FORMAT, query=query_text, last_exported_entry=last_serial,
         counts={"messages": result.messages, "search_count": searched, "reconciled": searched == result.messages,
                 "records": result.records, "entries": result.entries, "media_files": result.media,
-                "audit_events": result.audit_events})
+                "audit_events": result.audit_events, "state_entries": result.state_entries})
     result.files = manifest["files"]
     return result
