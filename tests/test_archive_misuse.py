@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -187,3 +188,20 @@ def test_a_master_key_file_that_is_a_folder_is_named_as_such(home, tmp_path):
     folder.mkdir(mode=0o755)
     msg = _clean(_cli(home, "status", WXARCHIVE_MASTER_KEY_FILE=str(folder)))
     assert "is a folder: name the key file itself" in msg and "chmod" not in msg
+
+
+def test_an_auditors_checkpoint_copy_is_never_overwritten(home, tmp_path):
+    copy = tmp_path / "cp.json"
+    assert _cli(home, "checkpoint", "--out", str(copy)).returncode == 0
+    before = copy.read_bytes()
+    assert "already exists" in _clean(_cli(home, "checkpoint", "--out", str(copy)))
+    assert copy.read_bytes() == before
+
+
+def test_audit_actions_by_prefix(home):
+    assert _cli(home, "checkpoint").returncode == 0
+    done = _cli(home, "audit", "--json", "--action", "admin.*")
+    assert done.returncode == 0
+    actions = {json.loads(x)["action"] for x in done.stdout.splitlines()}
+    assert actions and all(a.startswith("admin.") for a in actions) and "admin.checkpoint" in actions
+    assert "use one of" in _clean(_cli(home, "audit", "--action", "admin.nosuch"))

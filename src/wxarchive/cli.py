@@ -1030,13 +1030,18 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
+ADMIN_ACTIONS = {"admin.checkpoint", "admin.config.change", "admin.hold.create", "admin.hold.release", "admin.import",
+                 "admin.journal.repair", "admin.keys.rotate", "admin.purge", "admin.reindex"}
+
+
 @app.command("audit")
 def audit_cmd(
     since: Optional[str] = typer.Option(None, "--since", help="From this date/time (inclusive)."),
     until: Optional[str] = typer.Option(None, "--until", help="Up to this date (inclusive) or time (exclusive)."),
     user: Optional[str] = typer.Option(None, "--user", help="Only this account (or on-behalf-of user)."),
     action: Optional[str] = typer.Option(None, "--action", help="Only this action: search, show, export, journal, status, verify, audit, directory, conversations, "
-                                       "directory.sync, directory.import, hold.list, purge.plan, or admin.*."),
+                                       "directory.sync, directory.import, hold.list, purge.plan, an admin.* action, or a "
+                                       "prefix with * (admin.* for them all)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
     """List the access audit log: who searched, viewed or exported what, and when."""
@@ -1044,16 +1049,19 @@ def audit_cmd(
     from wxarchive.search.query import parse_when
 
     actions = {"search", "show", "export", "status", "verify", "audit", "hold.list", "purge.plan", "directory",
-               "directory.sync", "directory.import", "conversations", "journal"}
-    if action and action not in actions and not action.startswith("admin."):
-        fail(f"--action {action!r}: use one of {', '.join(sorted(actions))}, or admin.* for administrative actions")
+               "directory.sync", "directory.import", "conversations", "journal", *ADMIN_ACTIONS}
+    prefix = action[:-1] if action and action.endswith("*") else None  # admin.*, admin.hold.*
+    if action and action not in actions and not (prefix and any(a.startswith(prefix) for a in actions)):
+        fail(f"--action {action!r}: use one of {', '.join(sorted(actions))}, or a prefix with * (admin.* for every "
+             "administrative action)")
     archive, settings = _open_archive(readonly=True)
     tz = settings.timezone
     try:
         log = archive.access_log()
         lo = parse_when(since, tz) if since else None
         hi = parse_when(until, tz, end=True) if until else None
-        events = list(log.events(since=lo, until=hi, who=user, action=action))
+        events = [ev for ev in log.events(since=lo, until=hi, who=user, action=None if prefix else action)
+                  if prefix is None or ev.action.startswith(prefix)]
         log.record("audit", query={k: v for k, v in {"since": since, "until": until, "user": user,
                                                        "action": action}.items() if v},
                    results=len(events))
@@ -1298,6 +1306,8 @@ def checkpoint_cmd(
     """Sign the journal's head now (Ed25519) and optionally export the checkpoint."""
     if out_file is not None and (not out_file.parent.is_dir() or out_file.is_dir()):
         fail(f"--out {out_file}: {'is a directory' if out_file.is_dir() else 'its folder does not exist'}")
+    if out_file is not None and out_file.exists():  # it may be the copy an auditor holds
+        fail(f"--out {out_file}: already exists (an earlier checkpoint copy?); name a new file")
     archive, _ = _open_archive()
     try:
         cp = archive.checkpoint(force=True)
