@@ -278,7 +278,7 @@ def main() -> None:
                         p(base, 95) / max(p(searches, 95), 1e-6)))
     limit = 10.0 if args.messages <= 1_000_000 else 50.0
     ratio = args.messages <= 1_000_000
-    print("search = `wxarchive search` as run: count, then the first page of 50; brute = instr() over every row "
+    print("search = `wxarchive search --limit 50` as run: the count, in a thread beside the first page of 50; brute = instr() over every row "
           "(NOT INDEXED: for the filtered classes the 'scan' column lets SQLite narrow by the (sender, time) index first)")
     for what, i in (("a search as run (count + first page) vs the brute-force scan", 6),
                     ("the first page alone vs the scan", 4),

@@ -295,3 +295,18 @@ def test_json_commands_answer_a_usage_error_in_json_on_stdout(tmp_path):
         assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     plain = run("status", home=missing)
     assert plain.returncode == 2 and plain.stdout == ""
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    """A misspelt option, a missing argument, a value of the wrong type: one line on stderr with
+    where to look, exit 2 (and under --json a JSON object on stdout too)."""
+    for args, said in ((["--bogus"], "No such option: --bogus (see '"),
+                       (["search", "--limit", "x"], "Invalid value for '--limit'"),
+                       (["hold", "create"], "Missing argument 'name'. (see '"),
+                       (["verify", "--json", "--jsn"], "No such option: --jsn")):
+        done = run(*args, home=tmp_path / "none")
+        assert done.returncode == 2, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], done.stderr
+    assert json.loads(run("verify", "--json", "--jsn", home=tmp_path / "none").stdout)["exit"] == 2
+    assert run("--help").returncode == 0

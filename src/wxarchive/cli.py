@@ -1680,6 +1680,22 @@ def demo_cmd(
         raise typer.Exit(1)
 
 
+def _click_exceptions():
+    """The exceptions of the click that typer runs on (vendored by newer typer releases)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _abort_exceptions(cx) -> tuple[type, ...]:
+    """click's Abort, wherever this typer keeps it."""
+    import typer.exceptions as tx
+
+    return tuple({c for c in (getattr(cx, "Abort", None), getattr(tx, "Abort", None)) if isinstance(c, type)})
+
+
 def main() -> None:
     import sqlite3
 
@@ -1699,8 +1715,22 @@ def main() -> None:
         except UnicodeEncodeError:  # bytes the terminal's locale could not decode
             err.print(f"error: argument {i} is not valid UTF-8 (check the terminal's encoding)", highlight=False)
             sys.exit(2)
+    cx = _click_exceptions()
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come here, to be said in one line
+        sys.exit(code if isinstance(code, int) else 0)
+    except getattr(cx, "NoArgsIsHelpError", ()) as e:  # 'wxarchive hold': the help, as the group has it
+        e.show()
+        sys.exit(e.exit_code)
+    except cx.ClickException as e:  # a misspelt option, a missing argument, a value of the wrong type
+        where = getattr(getattr(e, "ctx", None), "command_path", None) or "wxarchive"
+        msg = f"{e.format_message()} (see '{where} --help')"
+        err.print(f"error: {safe(msg)}", highlight=False, markup=False, soft_wrap=True)
+        _json_error(msg, 2)
+        sys.exit(e.exit_code)
+    except _abort_exceptions(cx):
+        err.print("aborted")
+        sys.exit(1)
     except db_errors as e:  # a catalog damaged under a command that trusted it
         msg = (f"the catalog cannot answer ({safe(str(getattr(e, 'orig', e)))}): run 'wxarchive verify "
                "--deep' to see what is wrong, and 'wxarchive reindex' to rebuild it from the journal")
