@@ -117,6 +117,8 @@ def test_user_mistakes_are_one_line_errors(home):
     assert "must be a string" in _clean(_cli(home, "status"))
     (home / "config.toml").unlink()
     assert "folder does not exist" in _clean(_cli(home, "checkpoint", "--out", "/nonexistent/x.json"))
+    assert "is not before --until 2024-03-01: no time is in that range" in _clean(
+        _cli(home, "search", "--since", "2024-03-10", "--until", "2024-03-01"))
     assert "no archive at" in _clean(_cli(home / "nowhere", "keys", "public"))
     info = (home / "archive.json").read_text()
     (home / "archive.json").write_text("[1]")

@@ -200,6 +200,7 @@ def test_replay_of_saved_items_dedupes(cli_home, tenant, tmp_path):
     fresh = tmp_path / "fresh"
     p = run(*args, home=fresh)
     assert p.returncode == 0, p.stderr
+    assert f"at {fresh}; its master key is " in p.stderr and "back it up apart from the archive" in p.stderr
     assert "pulled 400, archived 396, duplicates 0, quarantined 4" in p.stdout
     again = run(*args, home=fresh)
     assert "pulled 400, archived 0, duplicates 400, quarantined 0" in again.stdout

@@ -135,8 +135,16 @@ def _open_archive(create: bool = False, readonly: bool = False, rebuilding: bool
     if enc == "sqlcipher" and (state.home / "catalog.db").exists() and not (state.home / "keys" / "catalog.key").exists():
         fail(f"{settings.path}: catalog_encryption = \"sqlcipher\", but this archive's catalog is plain SQLite "
              "(the setting applies when an archive is created; encrypting an existing catalog is not supported yet)")
+    new = create and not (state.home / "archive.json").exists()
     archive = Archive.open(state.home, create=create, master_key_file=settings.archive.get("master_key_file"),
                            readonly=readonly, encrypt_catalog=enc == "sqlcipher", rebuilding=rebuilding)
+    if new:
+        from wxarchive.archive.keys import master_key_path
+
+        where = master_key_path(archive.archive_id, settings.archive.get("master_key_file"))
+        err.print(f"created archive {archive.archive_id} at {state.home}; its master key is "
+                  + (f"{where}: back it up apart from the archive (without it nothing can be read)" if where
+                     else "the one WXARCHIVE_MASTER_KEY holds"), highlight=False, markup=False, soft_wrap=True)
     if not readonly and not rebuilding:  # a writer first brings the catalog up to the journal (after a crash it may lag)
         from wxarchive.ingest import catch_up
 
@@ -530,10 +538,12 @@ def _print_status(st: dict) -> None:
 def _query(text, sender, kind, conversation, since, until, has_attachment, tz, limit=None, **more):
     from wxarchive.search.query import Query, parse_when
 
+    lo = parse_when(since, tz) if since else None
+    hi = parse_when(until, tz, end=True) if until else None
+    if lo is not None and hi is not None and lo >= hi:  # read as "none were sent" otherwise
+        fail(f"--since {since} is not before --until {until}: no time is in that range")
     return Query(
-        text=text or None, sender=sender, kind=kind, conversation=conversation,
-        since=parse_when(since, tz) if since else None,
-        until=parse_when(until, tz, end=True) if until else None,
+        text=text or None, sender=sender, kind=kind, conversation=conversation, since=lo, until=hi,
         has_attachment=has_attachment, limit=limit, **more,
     )
 
