@@ -63,28 +63,20 @@ def open_export(folder: Path, expect_fingerprint: str | None = None) -> dict[str
 
 
 def read_entries(folder: Path, problems: list[str]) -> Iterator[ExportedEntry]:
-    path = folder / "records.jsonl"
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                kind, meta = d["kind"], d["meta"]
-                if kind not in KINDS or not isinstance(meta, dict) or not meta.get("source") or not meta.get("key"):
-                    raise ValueError("unknown kind or metadata without source/key")
-                yield ExportedEntry(n, int(d["serial"]), int(d["time"]), kind, meta,
-                                    base64.b64decode(d.get("data") or "", validate=True))
-            except (ValueError, KeyError, TypeError, binascii.Error) as e:
-                problems.append(f"{path} line {n}: skipped ({e.__class__.__name__}: {str(e)[:80]})")
+    """The entries of ``records.jsonl``: each names its source and key."""
+    return _read(folder / "records.jsonl", KINDS, True, problems)
 
 
 def read_state(folder: Path, problems: list[str]) -> Iterator[ExportedEntry]:
     """The entries of ``state.jsonl`` (absent from exports of a selection, and from exports
     written before it existed: then nothing)."""
     path = folder / "state.jsonl"
-    if not path.is_file():
-        return
+    return _read(path, STATE_KINDS, False, problems) if path.is_file() else iter(())
+
+
+def _read(path: Path, kinds: set[str], keyed: bool, problems: list[str]) -> Iterator[ExportedEntry]:
+    """Each line of ``path`` as an entry of one of ``kinds`` (``keyed``: its metadata must name
+    a source and key); a line that is not one is skipped and said in ``problems``."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -92,8 +84,9 @@ def read_state(folder: Path, problems: list[str]) -> Iterator[ExportedEntry]:
             try:
                 d = json.loads(line)
                 kind, meta = d["kind"], d["meta"]
-                if kind not in STATE_KINDS or not isinstance(meta, dict):
-                    raise ValueError("unknown kind or metadata that is not an object")
+                if kind not in kinds or not isinstance(meta, dict) or (
+                        keyed and (not meta.get("source") or not meta.get("key"))):
+                    raise ValueError("unknown kind or metadata without " + ("source/key" if keyed else "an object"))
                 yield ExportedEntry(n, int(d["serial"]), int(d["time"]), kind, meta,
                                     base64.b64decode(d.get("data") or "", validate=True))
             except (ValueError, KeyError, TypeError, binascii.Error) as e:
