@@ -213,3 +213,19 @@ def test_an_export_of_everything_carries_the_directory_and_holds_into_the_import
     some = tmp_path / "some"
     assert _cli(home, "export", "--format", "jsonl", "--out", str(some), "--sender", uid).returncode == 0
     assert not (some / "state.jsonl").exists()
+
+
+def test_lines_that_are_not_entries_are_skipped_and_named(tmp_path):
+    from wxarchive.capture.jsonl import read_entries, read_state
+
+    good = {"serial": 1, "time": 5, "kind": "media", "meta": {"source": "s", "key": "k"}, "data": ""}
+    (tmp_path / "records.jsonl").write_text(json.dumps(good) + "\nnot json\n"
+                                            + json.dumps({**good, "meta": {"source": "s"}}) + "\n")
+    (tmp_path / "state.jsonl").write_text(json.dumps({**good, "kind": "wecom.directory", "meta": {}}) + "\n"
+                                          + json.dumps({**good, "kind": "wecom.message"}) + "\n")
+    problems: list[str] = []
+    assert [e.line for e in read_entries(tmp_path, problems)] == [1]
+    assert [e.kind for e in read_state(tmp_path, problems)] == ["wecom.directory"]
+    assert [p.split(": skipped")[0].rsplit(" ", 2)[-2:] for p in problems] == [["line", "2"], ["line", "3"],
+                                                                               ["line", "2"]]
+    assert list(read_state(tmp_path / "nowhere", problems)) == []
