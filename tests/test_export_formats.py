@@ -387,7 +387,10 @@ def test_a_recipient_checks_an_export_without_an_archive(source, tmp_path, fmt):
     assert altered.returncode == 1 and "SHA-256 differs from the manifest" in altered.stderr
     victim.unlink()
     (out / "extra.txt").write_text("slipped in")
-    assert _cli(nowhere, "verify-export", str(out)).returncode == 1
+    both = _cli(nowhere, "verify-export", str(out))  # every difference is named, not the first only
+    assert both.returncode == 1 and "2 files differ" in both.stderr
+    assert f"{victim}: listed in the manifest but missing" in both.stderr
+    assert "extra.txt: not listed in the manifest (added after export)" in both.stderr
     gone = _cli(nowhere, "verify-export", str(tmp_path / "nope"))
     assert gone.returncode == 2 and "no such folder" in gone.stderr
     (tmp_path / "plain").mkdir()

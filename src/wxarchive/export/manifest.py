@@ -139,7 +139,7 @@ def check_export(folder: Path, expect_fingerprint: str | None = None) -> dict[st
         raise AlteredExport(f"{mpath}: key_fingerprint does not match its public key")
     if expect_fingerprint and fp != expect_fingerprint.strip().lower():
         raise AlteredExport(f"{mpath}: signed by key {fp[:16]}…, not the expected {expect_fingerprint[:16]}…")
-    listed = set()
+    listed, problems = set(), []  # every file is checked: a recipient is told all that differs
     for f in manifest["files"]:
         if not isinstance(f, dict) or not isinstance(f.get("path"), str) or ".." in Path(f["path"]).parts \
                 or Path(f["path"]).is_absolute():
@@ -147,12 +147,14 @@ def check_export(folder: Path, expect_fingerprint: str | None = None) -> dict[st
         p = folder / f["path"]
         listed.add(f["path"])
         if not p.is_file():
-            raise AlteredExport(f"{p}: listed in the manifest but missing")
-        if sha256_file(p)[0] != f.get("sha256"):
-            raise AlteredExport(f"{p}: SHA-256 differs from the manifest (altered after export)")
+            problems.append(f"{p}: listed in the manifest but missing")
+        elif sha256_file(p)[0] != f.get("sha256"):
+            problems.append(f"{p}: SHA-256 differs from the manifest (altered after export)")
     extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                    if p.is_file() and p.relative_to(folder).as_posix() != "manifest.json"
                    and p.relative_to(folder).as_posix() not in listed)
-    if extra:
-        raise AlteredExport(f"{folder / extra[0]}: not listed in the manifest (added after export)")
+    problems += [f"{folder / x}: not listed in the manifest (added after export)" for x in extra]
+    if problems:
+        shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise AlteredExport(shown if len(problems) == 1 else f"{len(problems)} files differ: {shown}")
     return manifest
