@@ -1614,10 +1614,10 @@ def verify_export_cmd(
     if as_json:
         print(json.dumps(summary, ensure_ascii=False))
         return
-    from datetime import datetime, timezone
+    from wxarchive.model import iso_time
 
-    at = m.get("exported_at")
-    when = datetime.fromtimestamp(at / 1000, timezone.utc).isoformat(timespec="seconds") if isinstance(at, int) else "?"
+    at = m.get("exported_at")  # in the zone every command shows (WXARCHIVE_TZ, else Asia/Shanghai)
+    when = iso_time(at, cfg.Settings().timezone) if isinstance(at, int) else "?"
     out.print(f"intact: {len(m['files'])} file(s) as listed, signed by key {str(m.get('key_fingerprint'))[:16]}… "
               f"({'the expected one' if expect_key else 'not pinned: pass --expect-key to check who signed'}); "
               f"{m.get('format')} export of archive {m.get('archive_id')} by {m.get('exported_by')} at {when}",
