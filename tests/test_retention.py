@@ -93,6 +93,11 @@ def test_dry_run_changes_nothing(home):
     dry = _cli(home, "purge", "--json")
     assert dry.returncode == 0, dry.stderr
     plan = json.loads(dry.stdout)
+    from datetime import datetime
+
+    seg = plan["segments"][0]  # each time also in ISO 8601 (UTC), the same instant
+    assert datetime.fromisoformat(seg["expires_at_utc"]).timestamp() == seg["expires_at"] // 1000
+    assert plan["now_utc"].endswith("Z")
     for bad in ("nan", "inf", "true", '"7"', "0", "-1"):
         (home / "config.toml").write_text(f"[archive]\nretention_years = {bad}\n")
         done = _cli(home, "purge")

@@ -84,6 +84,15 @@ class SegmentPlan:
     why: str
 
 
+def _utc(ms: int) -> str:
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):  # beyond what a date can show (a retention of centuries)
+        return ""
+
+
 @dataclass
 class PurgePlan:
     now: int
@@ -94,7 +103,10 @@ class PurgePlan:
         return [s for s in self.segments if s.eligible]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"now": self.now, "segments": [asdict(s) for s in self.segments],
+        """The plan for a script: times in epoch ms, each with an ``_utc`` twin in ISO 8601."""
+        segments = [{**asdict(s), "last_time_utc": _utc(s.last_time), "expires_at_utc": _utc(s.expires_at)}
+                    for s in self.segments]
+        return {"now": self.now, "now_utc": _utc(self.now), "segments": segments,
                 "eligible_segments": len(self.eligible),
                 "records_to_purge": sum(s.purgeable for s in self.eligible),
                 "records_held": sum(s.records - s.purgeable for s in self.eligible)}
