@@ -35,10 +35,9 @@ from wxarchive.archive.catalog.sqlite import Catalog
 from wxarchive.archive.checkpoints import (
     CHECKPOINT_EVERY,
     Checkpoint,
-    CheckpointError,
     Signer,
     list_checkpoints,
-    read_checkpoint,
+    newest_checkpoint,
     write_checkpoint,
 )
 from wxarchive.archive.journal import Journal
@@ -130,11 +129,9 @@ class Archive:
                 os.close(lock_fd)
             raise
         archive = cls(home, info["archive_id"], master, journal, blobs, catalog, signer, last, lock_fd)
-        if cps and not readonly:
-            try:
-                archive.anchored_audit = read_checkpoint(cps[-1]).audit_serial
-            except CheckpointError:
-                pass  # verify reports it; the next checkpoint anchors the access log again
+        newest = newest_checkpoint(home / "journal") if not readonly else None
+        if newest is not None:  # (unreadable: verify reports it; the next checkpoint anchors again)
+            archive.anchored_audit = newest[1].audit_serial
         if not readonly:
             if journal.repair is not None:  # a crash's torn tail was cut: say so in the audit trail
                 archive.record_admin_event("admin.journal.repair", journal.repair)
@@ -181,13 +178,20 @@ class Archive:
         chain it outlives the checkpoint files, so an access log deleted or cut back together
         with every checkpoint is still reported by verify. It changes nothing in the catalog,
         whose applied serial moves past it when it was up to date (else catch-up does that)."""
+        self._journal_beside_catalog("audit.anchor", {"audit_serial": audit.serial, "audit_hash": audit.head_hash},
+                                     int(time.time() * 1000), lambda b, serial, at: None)
+        self.anchored_audit = audit.serial
+
+    def _journal_beside_catalog(self, kind: str, meta: dict, at: int, effect) -> int:
+        """Journal an entry durably; when the catalog was up to date, apply its ``effect(batch,
+        serial, at)`` and move the catalog's applied serial past it (else catch-up does that)."""
         applied = self.catalog.applied_serial()
-        serial = self.journal.append("audit.anchor", {"audit_serial": audit.serial, "audit_hash": audit.head_hash})
+        serial = self.journal.append(kind, meta, at=at)
         self.journal.sync()
         if applied == serial - 1:
-            with self.catalog.batch(serial):
-                pass
-        self.anchored_audit = audit.serial
+            with self.catalog.batch(serial) as b:
+                effect(b, serial, at)
+        return serial
 
     def record_admin_event(self, kind: str, meta: dict) -> int:
         """Journal an administrative action (who did what) durably, and list it in the access
@@ -197,14 +201,9 @@ class Archive:
         them when it was up to date (otherwise the next catch-up does that)."""
         from wxarchive.archive.audit import current_user
 
-        applied = self.catalog.applied_serial()
-        at = int(time.time() * 1000)
         meta = {"who": current_user(), **meta}
-        serial = self.journal.append(kind, meta, at=at)
-        self.journal.sync()
-        if applied == serial - 1:
-            with self.catalog.batch(serial) as b:
-                b.admin_event(kind, meta, serial, at)
+        serial = self._journal_beside_catalog(kind, meta, int(time.time() * 1000),
+                                              lambda b, serial, at: b.admin_event(kind, meta, serial, at))
         # listed with the reads, so one `wxarchive audit` shows auditors every action
         listed = {k: v for k, v in meta.items() if k not in ("removed", "retained", "blobs", "signature", "who")}
         if kind == "admin.purge":

@@ -158,18 +158,12 @@ class AccessLog:
         """(checkpoint file, access-log serial) the newest journal checkpoint anchored, if any: the
         log must hold at least that much (a hint checked on every access; verify checks the
         signatures and hashes)."""
-        from wxarchive.archive.checkpoints import list_checkpoints
+        from wxarchive.archive.checkpoints import newest_checkpoint
 
-        cps = list_checkpoints(self.home / "journal")
-        if not cps:
+        newest = newest_checkpoint(self.home / "journal")
+        if newest is None or newest[1].audit_serial is None or newest[1].archive_id != self.archive_id:
             return None
-        try:
-            cp = read_checkpoint(cps[-1])
-        except CheckpointError:
-            return None  # verify reports it
-        if cp.audit_serial is None or cp.archive_id != self.archive_id:
-            return None
-        return f"journal/checkpoints/{cps[-1].name}", cp.audit_serial
+        return f"journal/checkpoints/{newest[0].name}", newest[1].audit_serial
 
     def _head_hint(self) -> int:
         """The serial the signed head names (0 if none can be read): a floor, not a proof."""

@@ -200,3 +200,15 @@ def signature_ok(cp: Checkpoint, public: Ed25519PublicKey) -> bool:
 def list_checkpoints(journal_dir: Path) -> list[Path]:
     """The checkpoint files (``cp-<serial>.json``; other names there are not checkpoints)."""
     return sorted(p for p in checkpoint_dir(journal_dir).glob("cp-*.json") if re.fullmatch(r"cp-[0-9]+", p.stem))
+
+
+def newest_checkpoint(journal_dir: Path) -> tuple[Path, Checkpoint] | None:
+    """The newest checkpoint file and what it says (None: none, or it cannot be read, which
+    verify reports)."""
+    cps = list_checkpoints(journal_dir)
+    if not cps:
+        return None
+    try:
+        return cps[-1], read_checkpoint(cps[-1])
+    except CheckpointError:
+        return None

@@ -41,7 +41,8 @@ def pid_alive(pid: int) -> bool:
 
 def sweep_temporaries(folder: Path) -> int:
     """Remove the ``<name>.tmp<pid>`` files ``write_atomic`` left below ``folder`` when its
-    process was killed (that process no longer runs); how many. A writer calls it on open."""
+    process was killed (that process no longer runs); how many. The runs that store blobs call it
+    (``BlobStore.sweep``) before they store any."""
     import re
 
     n = 0
